@@ -1,0 +1,165 @@
+"""``netatlas``: the headless side of the app (inspect a model, extract activations, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from netatlas.errors import NetatlasError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except NetatlasError as exc:
+        print(f"netatlas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="netatlas", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="module tree with output shapes and parameter counts")
+    add_model_args(info)
+    info.set_defaults(run=cmd_info)
+
+    extract = sub.add_parser("extract", help="activations of chosen layers on a dataset, to Parquet")
+    add_model_args(extract)
+    extract.add_argument("data", help="image folder, .npz file, or 'demo'")
+    extract.add_argument("--layers", nargs="+", default=[], metavar="NAME",
+                         help="module names (see `netatlas info`); logits are always kept")
+    extract.add_argument("-o", "--output", required=True, type=Path, help="output .parquet file")
+    extract.add_argument("--reduction", choices=("mean", "max"), default="mean",
+                         help="how conv maps become one value per channel (default: mean)")
+    extract.add_argument("--batch-size", type=int, default=256)
+    add_cache_args(extract)
+    extract.set_defaults(run=cmd_extract)
+
+    serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
+    add_serve_args(serve)
+    serve.set_defaults(run=cmd_serve)
+    return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument("checkpoint", help="checkpoint file, or 'demo'")
+    parser.add_argument("--arch", help="torchvision model name (resnet18) or 'package.module:factory'")
+    parser.add_argument("--arch-kwargs", type=json_object, default=None, metavar="JSON",
+                        help="keyword arguments for the architecture, e.g. '{\"num_classes\": 10}'")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow fully pickled checkpoints; unpickling can run arbitrary code")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    pre = parser.add_argument_group("preprocessing (defaults: the sidecar, else ImageNet 224 RGB)")
+    pre.add_argument("--size", type=int, nargs="+", metavar="PX", help="input size: S or H W")
+    pre.add_argument("--mean", type=float, nargs="+")
+    pre.add_argument("--std", type=float, nargs="+")
+    pre.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
+
+
+def add_cache_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="where computed results live (default: $NETATLAS_CACHE_DIR or ~/.cache/netatlas)")
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", default="demo", help="checkpoint to open (default: the demo)")
+    parser.add_argument("--data", default="demo", help="dataset to open (default: the demo digits)")
+    parser.add_argument("--root", action="append", default=[], type=Path, metavar="DIR",
+                        help="a folder the page may read checkpoints and images from (repeatable)")
+    parser.add_argument("--port", type=int, default=5006)
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="interface to bind (default 127.0.0.1; serving wider exposes your files)")
+    parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=None,
+                        help="open a browser (default: when a display is available)")
+    add_model_args(parser, positional=False)
+    add_cache_args(parser)
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"num_classes\": 10}'")
+    return value
+
+
+def load_from_args(args: argparse.Namespace):
+    """The LoadedModel the model arguments describe (``demo`` resolves to the shipped checkpoint)."""
+    from netatlas.backend.checkpoint import load_checkpoint, read_sidecar
+    from netatlas.backend.demo import demo_checkpoint
+    from netatlas.backend.preprocessing import Preprocessing
+
+    path = demo_checkpoint() if args.checkpoint == "demo" else Path(args.checkpoint)
+    pre = None
+    if any(v is not None for v in (args.size, args.mean, args.std, args.grayscale)):
+        base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
+        overrides = {k: v for k, v in {"size": args.size, "mean": args.mean, "std": args.std,
+                                       "grayscale": args.grayscale}.items() if v is not None}
+        if "size" in overrides and len(overrides["size"]) == 1:
+            overrides["size"] = overrides["size"][0]
+        pre = Preprocessing.from_dict({**base, **overrides})
+    return load_checkpoint(path, args.arch, args.arch_kwargs, trust_pickle=args.trust_pickle,
+                           preprocessing=pre, device="cpu")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from netatlas.backend.model_info import describe_model
+
+    loaded = load_from_args(args)
+    table = describe_model(loaded.model, loaded.input_shape)
+    print(f"{loaded.path.name}  format={loaded.format}  arch={loaded.arch or '-'}  "
+          f"input={'x'.join(map(str, loaded.input_shape))}")
+    for note in loaded.notes:
+        print(f"note: {note}")
+    width = max(len("  " * r.depth + r.name) for r in table.itertuples())
+    print(f"{'module':<{width}}  {'type':<22} {'output':<16} {'params':>12}")
+    for r in table.itertuples():
+        print(f"{'  ' * r.depth + r.name:<{width}}  {r.type:<22} {r.output_shape:<16} {r.params:>12,}")
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from netatlas.backend.cache import ResultCache
+    from netatlas.backend.datasets import load_dataset
+    from netatlas.backend.workspace import Workspace
+
+    loaded = load_from_args(args)
+    dataset = load_dataset(args.data)
+    if dataset.skipped:
+        print(f"skipped {len(dataset.skipped)} unreadable files (first: {dataset.skipped[0]})", file=sys.stderr)
+    workspace = Workspace(loaded, dataset, ResultCache(args.cache_dir), args.device, args.batch_size)
+    with tqdm(total=len(dataset), unit="img", desc="extract", file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.update(done - bar.n)
+        acts = workspace.activations(args.layers, args.reduction, progress)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(workspace.table(acts), args.output, compression="zstd")
+    acc = (acts.predictions == dataset.labels)[dataset.labels >= 0].mean() if dataset.labeled else None
+    print(f"wrote {args.output}: {len(dataset)} images, layers {', '.join(args.layers) or '(logits only)'}"
+          + (f", accuracy {acc:.4f}" if acc is not None else ""))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from netatlas.app.server import serve
+
+    serve(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
