@@ -1,0 +1,46 @@
+"""The Model tab: what was loaded, and its module tree with output shapes and parameter counts."""
+
+from __future__ import annotations
+
+import panel as pn
+import param
+
+from netatlas.app.state import AppState
+from netatlas.backend.workspace import Workspace
+
+
+class ModelView(param.Parameterized):
+    def __init__(self, state: AppState, **params) -> None:
+        super().__init__(**params)
+        self.state = state
+        self.summary = pn.pane.Markdown("Load a checkpoint to see its modules.", sizing_mode="stretch_width")
+        self.tree = pn.widgets.Tabulator(
+            None, show_index=False, disabled=True, sizing_mode="stretch_width", height=600,
+            pagination=None, layout="fit_data_stretch", css_classes=["na-module-tree"],
+            formatters={"params": {"type": "money", "precision": 0, "thousand": ","}})
+        state.param.watch(self._update, "workspace")
+
+    def _update(self, event: param.parameterized.Event) -> None:
+        ws: Workspace | None = event.new
+        if ws is None:
+            return
+        table = ws.modules
+        loaded, dataset = ws.loaded, ws.dataset
+        total = int(table["params"].iloc[0])
+        accuracy = loaded.sidecar.get("test_accuracy")
+        lines = [
+            f"### {loaded.path.name}",
+            f"**format** {loaded.format} · **architecture** `{loaded.arch or type(loaded.model).__name__}` · "
+            f"**parameters** {total:,} · **input** {'x'.join(map(str, loaded.input_shape[1:]))} · "
+            f"**device** {ws.device}",
+            f"**dataset** {dataset.name}: {len(dataset):,} images, {len(dataset.classes)} classes"
+            + (f" · **held-out accuracy (sidecar)** {accuracy:.2%}" if isinstance(accuracy, float) else ""),
+        ]
+        lines += [f"*note: {n}*" for n in loaded.notes]
+        self.summary.object = "\n\n".join(lines)
+        shown = table[["name", "type", "output_shape", "units", "params", "trainable"]].copy()
+        shown["name"] = ["\u2003" * d + n for d, n in zip(table["depth"], table["name"])]
+        self.tree.value = shown
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(self.summary, self.tree, sizing_mode="stretch_width")

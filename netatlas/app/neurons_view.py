@@ -1,0 +1,129 @@
+"""The Neurons tab: pick a layer and a unit; see its top and bottom dataset images, its activation
+histogram and its mean activation per class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from netatlas.app.state import AppState
+from netatlas.backend.neurons import class_means, top_bottom
+from netatlas.backend.workspace import Workspace
+from netatlas.viz.images import image_grid_html
+from netatlas.viz.neurons import activation_histogram, class_mean_bars
+
+EXAMPLES = 16
+
+
+def default_layer(modules: pd.DataFrame) -> str | None:
+    """The last block (non-leaf module) with a spatial output: the deepest convolutional features."""
+    spatial = modules[(modules["output_shape"].str.count("x") == 3) & ~modules["leaf"] & (modules["depth"] > 0)]
+    if len(spatial):
+        return str(spatial["name"].iloc[-1])
+    named = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
+    return str(named["name"].iloc[-1]) if len(named) else None
+
+
+class NeuronsView(param.Parameterized):
+    def __init__(self, state: AppState, **params) -> None:
+        super().__init__(**params)
+        self.state = state
+        self.values: np.ndarray | None = None  # [N, units] for the current layer and reduction
+        self.predictions: np.ndarray | None = None
+        self.layer = pn.widgets.Select(name="Layer", sizing_mode="stretch_width")
+        self.reduction = pn.widgets.RadioButtonGroup(name="Reduction", options=["mean", "max"], value="mean",
+                                                   button_type="primary", button_style="outline")
+        self.unit = pn.widgets.EditableIntSlider(name="Unit", start=0, end=1, value=0,
+                                                 sizing_mode="stretch_width")
+        self.stats = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.top = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-top"])
+        self.bottom = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-bottom"])
+        self.histogram = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
+        self.class_means = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
+        state.param.watch(self._on_workspace, "workspace")
+        self.layer.param.watch(self._on_layer, "value")
+        self.reduction.param.watch(self._on_layer, "value")
+        self.unit.param.watch(lambda _: self._quiet or self.render(), "value")
+        self._quiet = False
+
+    @property
+    def workspace(self) -> Workspace | None:
+        return self.state.workspace
+
+    async def _on_workspace(self, event: param.parameterized.Event) -> None:
+        ws: Workspace | None = event.new
+        if ws is None:
+            return
+        modules = ws.modules
+        usable = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
+        options = {f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()}
+        self.values = None
+        self._quiet = True  # one extraction for the new workspace, not one per widget change
+        try:
+            self.layer.param.update(options=options, value=default_layer(modules))
+        finally:
+            self._quiet = False
+        await self._on_layer()
+
+    async def _on_layer(self, _event=None) -> None:
+        ws, layer, reduction = self.workspace, self.layer.value, self.reduction.value
+        if ws is None or not layer or self._quiet:
+            return
+        acts = await self.state.run(f"Computing activations of {layer}",
+                                    lambda progress: ws.activations([layer], reduction, progress))
+        if acts is None or (ws, layer, reduction) != (self.workspace, self.layer.value, self.reduction.value):
+            return  # failed, or the user moved on while it ran
+        self.values, self.predictions = acts.layers[layer], acts.predictions
+        units = self.values.shape[1]
+        self._quiet = True
+        try:
+            self.unit.param.update(end=max(units - 1, 1), value=min(self.unit.value, units - 1),
+                                   disabled=units == 1)
+        finally:
+            self._quiet = False
+        self.render()
+
+    def render(self) -> None:
+        ws, values = self.workspace, self.values
+        if ws is None or values is None:
+            return
+        unit = int(self.unit.value)
+        column = values[:, unit]
+        top, bottom = top_bottom(column, EXAMPLES)
+        self.top.object = self._grid(top, column, "na-grid-top")
+        self.bottom.object = self._grid(bottom, column, "na-grid-bottom")
+        dataset = ws.dataset
+        title = f"{self.layer.value} · unit {unit}"
+        self.histogram.object = activation_histogram(
+            column, f"{title}: activations over {len(column):,} images",
+            marks={"16th highest": float(column[top[-1]]), "16th lowest": float(column[bottom[-1]])})
+        if dataset.labeled:
+            self.class_means.object = class_mean_bars(
+                class_means(column, dataset.labels, dataset.classes), f"{title}: mean per class")
+        self.stats.object = (
+            f"**{title}** ({self.reduction.value} over space) · mean {column.mean():.4g} · "
+            f"sd {column.std():.4g} · min {column.min():.4g} · max {column.max():.4g} · "
+            f"{(column > 0).mean():.1%} of images > 0")
+
+    def _grid(self, indices: np.ndarray, column: np.ndarray, css_class: str) -> str:
+        dataset = self.workspace.dataset
+        preds = self.predictions
+        images = [dataset.read(int(i)) for i in indices]
+        captions = [f"{column[i]:.3g}" for i in indices]
+        titles = [f"{dataset.ids[i]} · label {dataset.class_name(int(dataset.labels[i]))} · "
+                  f"predicted {dataset.class_name(int(preds[i]))} · activation {column[i]:.4g}"
+                  for i in indices]
+        flagged = [bool(dataset.labels[i] >= 0 and preds[i] != dataset.labels[i]) for i in indices]
+        return image_grid_html(images, captions, titles=titles, flagged=flagged, css_class=css_class)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        controls = pn.Row(self.layer, self.reduction, self.unit, sizing_mode="stretch_width")
+        return pn.Column(
+            controls, self.stats,
+            pn.Row(pn.Column("#### Top 16 images", self.top, sizing_mode="stretch_width"),
+                   pn.Column("#### Bottom 16 images", self.bottom, sizing_mode="stretch_width"),
+                   sizing_mode="stretch_width"),
+            pn.Row(self.histogram, self.class_means, sizing_mode="stretch_width"),
+            sizing_mode="stretch_width")

@@ -1,0 +1,1 @@
+"""Pure functions from backend results to figures (HoloViews, HTML, files). No model code here."""
