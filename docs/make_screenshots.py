@@ -1,0 +1,42 @@
+"""Regenerate the README's screenshots: serve the demo, open each view in headless Chromium.
+
+    .venv/bin/python docs/make_screenshots.py
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS, start_server, stop, wait_for_session  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "img"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(Path(tmp))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 950})
+                page.goto(server.url)
+                wait_for_session(page)
+                expect(page.locator(".na-module-tree")).to_contain_text("blocks.5", timeout=60_000)
+                page.screenshot(path=OUT / "model.png")
+                page.get_by_text("Neurons", exact=True).click()
+                expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=OUT / "neurons.png")
+                browser.close()
+        finally:
+            stop(server)
+    print(f"wrote {OUT / 'model.png'} and {OUT / 'neurons.png'}")
+
+
+if __name__ == "__main__":
+    main()
