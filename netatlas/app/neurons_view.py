@@ -35,7 +35,7 @@ class NeuronsView(param.Parameterized):
         self.layer = pn.widgets.Select(name="Layer", sizing_mode="stretch_width")
         self.reduction = pn.widgets.RadioButtonGroup(name="Reduction", options=["mean", "max"], value="mean",
                                                    button_type="primary", button_style="outline")
-        self.unit = pn.widgets.EditableIntSlider(name="Unit", start=0, end=1, value=0,
+        self.unit = pn.widgets.EditableIntSlider(name="Unit", start=0, end=1, value=0, css_classes=["na-unit"],
                                                  sizing_mode="stretch_width")
         self.stats = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.top = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-top"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -157,22 +158,28 @@ def _read_pickle(path: Path, trust_pickle: bool) -> Any:
     except pickle.UnpicklingError as exc:
         if trust_pickle:
             raise NetatlasError(f"{path.name} is not a readable torch checkpoint: {exc}") from exc
-        raise NetatlasError(_refusal_message(path)) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else 'empty'})") from exc
+        raise NetatlasError(_refusal_message(path, exc)) from None
     except (AttributeError, ModuleNotFoundError, ImportError) as exc:
         raise NetatlasError(f"{path.name} refers to code that is not importable here: {exc}") from exc
+    except Exception as exc:  # corrupt bytes fail in many ways: RuntimeError, EOFError, IndexError, ...
+        raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'empty'})") from exc
 
 
-def _refusal_message(path: Path) -> str:
+def _refusal_message(path: Path, exc: Exception) -> str:
     """Why a pickle was refused, listing the globals it would import, without loading anything."""
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # legacy (non-zip) pickles cannot be inspected this way
         unsafe = []
-    what = f" it would import {', '.join(unsafe[:8])}" + (" ..." if len(unsafe) > 8 else "") if unsafe \
-        else " it holds Python objects beyond tensors"
+    if not unsafe:  # the safe unpickler names the global it stopped at
+        unsafe = re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc))
+    if not unsafe:  # it stopped on something else: corrupt bytes, or a pickle torch.save did not write
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        return (f"{path.name} is not a readable torch checkpoint (the safe unpickler stopped at: "
+                f"{detail[0] if detail else 'unknown'}): it is corrupt, or a pickle not written by "
+                "torch.save. If it is a pickle you trust, load it with --trust-pickle.")
+    what = f" it would import {', '.join(unsafe[:8])}" + (" ..." if len(unsafe) > 8 else "")
     return (f"refused to unpickle {path.name}:{what}, and unpickling can run arbitrary code. "
             + TRUST_PICKLE_HINT)
 
@@ -211,21 +218,27 @@ def _model_from_state(state: dict[str, torch.Tensor], arch: str | None, arch_kwa
     return model
 
 
-def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str]) -> tuple[dict[str, torch.Tensor], str]:
-    """Remove wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``) when that matches more keys."""
-    removed = ""
-    while True:
-        best, best_overlap = None, len(expected & state.keys())
-        for prefix in KEY_PREFIXES:
-            if any(k.startswith(prefix) for k in state):
-                candidate = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-                overlap = len(expected & candidate.keys())
-                if overlap > best_overlap:
-                    best, best_overlap = (prefix, candidate), overlap
-        if best is None:
-            return state, removed
-        removed += best[0]
-        state = best[1]
+def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str],
+                   max_depth: int = 3) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``) when that matches more keys.
+
+    Wrappers nest (DDP around torch.compile: ``module._orig_mod.``), and stripping only the outer
+    prefix matches nothing yet, so every chain of up to ``max_depth`` prefixes is tried.
+    """
+    best_state, best_removed, best_overlap = state, "", len(expected & state.keys())
+    frontier = [(state, "")]
+    for _ in range(max_depth):
+        deeper = []
+        for current, removed in frontier:
+            for prefix in KEY_PREFIXES:
+                if any(k.startswith(prefix) for k in current):
+                    candidate = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in current.items()}
+                    deeper.append((candidate, removed + prefix))
+                    overlap = len(expected & candidate.keys())
+                    if overlap > best_overlap:
+                        best_state, best_removed, best_overlap = candidate, removed + prefix, overlap
+        frontier = deeper
+    return best_state, best_removed
 
 
 def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], arch: str,

@@ -148,7 +148,10 @@ class _FileReader:
     def __call__(self, i: int) -> np.ndarray:
         try:
             with Image.open(self.root / self.ids[i]) as im:
-                return np.asarray(im.convert("RGB" if im.mode not in ("L", "I;16", "1") else "L"))
+                if im.mode.startswith("I"):  # 16-bit grayscale: scale to 8 bits (convert("L") clips)
+                    deep = np.asarray(im).astype(np.float64)
+                    return np.rint(np.clip(deep, 0, 65535) / 257.0).astype(np.uint8)
+                return np.asarray(im.convert("RGB" if im.mode not in ("L", "1") else "L"))
         except (OSError, UnidentifiedImageError, ValueError):
             return np.zeros((8, 8), dtype=np.uint8)
 
@@ -188,7 +191,7 @@ def _as_uint8_images(images: np.ndarray, name: str) -> np.ndarray:
         raise NetatlasError(f"{name}: images must be [N,H,W] or [N,H,W,C], got shape {images.shape}")
     if images.dtype != np.uint8:
         scale = 255.0 if float(np.nanmax(images)) <= 1.0 else 1.0
-        images = np.clip(np.nan_to_num(images.astype(np.float32)) * scale, 0, 255).astype(np.uint8)
+        images = np.rint(np.clip(np.nan_to_num(images.astype(np.float32)) * scale, 0, 255)).astype(np.uint8)
     return images[..., 0] if images.ndim == 4 and images.shape[-1] == 1 else images
 
 

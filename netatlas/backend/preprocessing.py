@@ -29,6 +29,10 @@ class Preprocessing:
         return 1 if self.grayscale else 3
 
     def __post_init__(self) -> None:
+        if self.grayscale:  # ImageNet's RGB defaults would not fit one channel: use their average
+            for key, rgb in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+                if tuple(getattr(self, key)) == rgb:
+                    object.__setattr__(self, key, (round(sum(rgb) / 3, 4),))
         if len(self.mean) not in (1, self.channels) or len(self.std) not in (1, self.channels):
             raise NetatlasError(
                 f"preprocessing mean/std need 1 or {self.channels} values, got {self.mean} / {self.std}")

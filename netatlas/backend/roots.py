@@ -45,17 +45,23 @@ class AllowedRoots:
 
     def checkpoints(self) -> list[Path]:
         """Checkpoint-like files under the roots (bounded walk, sorted)."""
-        return [p for p in self._walk() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES]
+        return [p for p in self._walk()
+                if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and self._inside(p)]
 
     def datasets(self) -> list[Path]:
         """``.npz`` files and folders holding images (directly or in class subfolders)."""
         found = []
         for p in self._walk():
-            if p.is_file() and p.suffix == ".npz":
+            if p.is_file() and p.suffix == ".npz" and self._inside(p):
                 found.append(p)
             elif p.is_dir() and _holds_images(p):
                 found.append(p)
         return found
+
+    def _inside(self, path: Path) -> bool:
+        """False for a symlink under a root that points out of every root (check() would refuse it)."""
+        resolved = path.resolve()
+        return any(resolved.is_relative_to(root) for root in self.roots)
 
     def _walk(self) -> list[Path]:
         out: list[Path] = []
