@@ -78,6 +78,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5006)
     parser.add_argument("--address", default="127.0.0.1",
                         help="interface to bind (default 127.0.0.1; serving wider exposes your files)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="another host name the page may be reached by (repeatable)")
     parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=None,
                         help="open a browser (default: when a display is available)")
     add_model_args(parser, positional=False)
@@ -94,23 +96,34 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def load_from_args(args: argparse.Namespace):
-    """The LoadedModel the model arguments describe (``demo`` resolves to the shipped checkpoint)."""
-    from netatlas.backend.checkpoint import load_checkpoint, read_sidecar
+def checkpoint_path(given: str) -> Path:
     from netatlas.backend.demo import demo_checkpoint
+
+    return demo_checkpoint() if given == "demo" else Path(given)
+
+
+def preprocessing_from_args(args: argparse.Namespace, path: Path):
+    """A Preprocessing when any of --size/--mean/--std/--grayscale is given (over the sidecar's)."""
+    from netatlas.backend.checkpoint import read_sidecar
     from netatlas.backend.preprocessing import Preprocessing
 
-    path = demo_checkpoint() if args.checkpoint == "demo" else Path(args.checkpoint)
-    pre = None
-    if any(v is not None for v in (args.size, args.mean, args.std, args.grayscale)):
-        base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
-        overrides = {k: v for k, v in {"size": args.size, "mean": args.mean, "std": args.std,
-                                       "grayscale": args.grayscale}.items() if v is not None}
-        if "size" in overrides and len(overrides["size"]) == 1:
-            overrides["size"] = overrides["size"][0]
-        pre = Preprocessing.from_dict({**base, **overrides})
+    overrides = {k: v for k, v in {"size": args.size, "mean": args.mean, "std": args.std,
+                                   "grayscale": args.grayscale}.items() if v is not None}
+    if not overrides:
+        return None
+    if "size" in overrides and len(overrides["size"]) == 1:
+        overrides["size"] = overrides["size"][0]
+    base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
+    return Preprocessing.from_dict({**base, **overrides})
+
+
+def load_from_args(args: argparse.Namespace):
+    """The LoadedModel the model arguments describe (``demo`` resolves to the shipped checkpoint)."""
+    from netatlas.backend.checkpoint import load_checkpoint
+
+    path = checkpoint_path(args.checkpoint)
     return load_checkpoint(path, args.arch, args.arch_kwargs, trust_pickle=args.trust_pickle,
-                           preprocessing=pre, device="cpu")
+                           preprocessing=preprocessing_from_args(args, path), device="cpu")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 
 from netatlas.backend.architectures import is_import_path
 from netatlas.backend.checkpoint import read_sidecar
+from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.demo import assets_dir, demo_checkpoint
 from netatlas.backend.roots import AllowedRoots
 
@@ -25,10 +26,13 @@ class AppConfig:
     device: str = "auto"
     trust_pickle: bool = False
     loopback: bool = True
+    preprocessing: Preprocessing | None = None  # launch flags; apply to the launch checkpoint only
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppConfig":
         """The ``serve`` arguments; the folders of the given checkpoint and data become roots too."""
+        from netatlas.cli import checkpoint_path, preprocessing_from_args
+
         roots = [assets_dir(), *args.root]
         for given in (args.checkpoint, args.data):
             if given != "demo" and Path(given).exists():
@@ -37,7 +41,8 @@ class AppConfig:
         return cls(checkpoint=args.checkpoint, data=args.data, arch=args.arch,
                    arch_kwargs=args.arch_kwargs, roots=AllowedRoots.of(*roots),
                    cache_dir=args.cache_dir, device=args.device, trust_pickle=args.trust_pickle,
-                   loopback=is_loopback(args.address))
+                   loopback=is_loopback(args.address),
+                   preprocessing=preprocessing_from_args(args, checkpoint_path(args.checkpoint)))
 
     @property
     def allow_trust_pickle(self) -> bool:

@@ -100,7 +100,10 @@ class LoaderView(param.Parameterized):
             ckpt = demo_checkpoint() if ckpt_value == "demo" else config.roots.check(ckpt_value)
             data = "demo" if data_value == "demo" else config.roots.check(data_value)
             kwargs = parse_kwargs(kwargs_text) if kwargs_text else None
-            loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle)
+            launched = ckpt_value == config.checkpoint or (
+                config.checkpoint != "demo" and Path(ckpt_value) == Path(config.checkpoint).resolve())
+            loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
+                                     preprocessing=config.preprocessing if launched else None)
             dataset = load_dataset(data)
             workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device)
             workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop

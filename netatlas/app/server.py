@@ -4,11 +4,40 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 import sys
 
 import panel as pn
+from tornado.web import RequestHandler
 
 from netatlas.app.config import AppConfig
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+class _ForbiddenHost(RequestHandler):
+    """Answers requests whose Host header names another site (DNS rebinding) with 403."""
+
+    def prepare(self) -> None:
+        self.set_status(403)
+        self.finish("netatlas: this server does not answer for that host name "
+                    "(start it with --allow-host NAME to add one)\n")
+
+
+def allowed_hosts(config: AppConfig, address: str, extra: list[str]) -> list[str]:
+    hosts = list(LOOPBACK_HOSTS) if config.loopback else [address, socket.gethostname(), socket.getfqdn()]
+    return [h for h in dict.fromkeys([*hosts, *extra]) if h and h not in ("0.0.0.0", "::")]
+
+
+def restrict_hosts(server, hosts: list[str]) -> None:
+    """Route every request for a Host outside ``hosts`` to a 403, before Bokeh's own handlers.
+
+    Bokeh's websocket-origin check does not stop DNS rebinding (a forged Host with a matching
+    Origin gets the page and the websocket), so the Host header itself is checked here.
+    """
+    names = "|".join(re.escape(h.strip("[]")) for h in hosts)
+    server._tornado.add_handlers(rf"^(?!(?:{names})$).*$", [(r".*", _ForbiddenHost)])
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -16,10 +45,19 @@ def serve(args: argparse.Namespace) -> None:
     from netatlas.app.main import create_app
 
     config = AppConfig.from_args(args)
+    hosts = allowed_hosts(config, args.address, args.allow_host)
     show = args.show if args.show is not None else bool(os.environ.get("DISPLAY"))
-    host = "localhost" if config.loopback else args.address
-    origins = [f"localhost:{args.port}", f"127.0.0.1:{args.port}"] if config.loopback else [f"{host}:{args.port}"]
-    print(f"netatlas: serving http://{host}:{args.port}/ "
-          f"(checkpoint {args.checkpoint}, data {args.data}; Ctrl-C to stop)", file=sys.stderr, flush=True)
-    pn.serve(lambda: create_app(config), port=args.port, address=args.address, show=show,
-             title="netatlas", websocket_origin=origins, threaded=False, start=True)
+    origins = [f"{h}:{args.port}" for h in hosts if ":" not in h.strip("[]")]
+    server = pn.serve(lambda: create_app(config), port=args.port, address=args.address, show=False,
+                      title="netatlas", websocket_origin=origins, threaded=False, start=False)
+    restrict_hosts(server, hosts)
+    url = f"http://{'localhost' if config.loopback else hosts[0]}:{args.port}/"
+    print(f"netatlas: serving {url} (checkpoint {args.checkpoint}, data {args.data}; Ctrl-C to stop)",
+          file=sys.stderr, flush=True)
+    server.start()
+    if show:
+        server.io_loop.add_callback(server.show, "/")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        print("netatlas: stopped", file=sys.stderr)

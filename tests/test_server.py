@@ -1,0 +1,39 @@
+"""The HTTP surface of the served app: it answers for its own host names only."""
+
+from __future__ import annotations
+
+import http.client
+
+import pytest
+
+from tests.serving import start_server, stop
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("srv"))
+    yield server
+    stop(server)
+
+
+def get(server, path: str, host: str) -> int:
+    port = int(server.url.rstrip("/").rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path, headers={"Host": host})
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+def test_page_is_served_on_loopback_names(server):
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    assert get(server, "/", f"localhost:{port}") == 200
+    assert get(server, "/", f"127.0.0.1:{port}") == 200
+
+
+def test_forged_host_is_refused_page_and_websocket(server):
+    """DNS rebinding: evil.example resolving to 127.0.0.1 must not reach the page or the websocket."""
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    assert get(server, "/", f"evil.example:{port}") == 403
+    assert get(server, "/ws", f"evil.example:{port}") == 403
+    assert server.alive()
