@@ -15,6 +15,7 @@ from netatlas.viz.images import image_grid_html
 from netatlas.viz.neurons import activation_histogram, class_mean_bars
 
 EXAMPLES = 16
+LOGITS = "(logits)"  # the model's output: one unit per class; readable even without hooks
 
 
 def default_layer(modules: pd.DataFrame) -> str | None:
@@ -58,11 +59,12 @@ class NeuronsView(param.Parameterized):
             return
         modules = ws.modules
         usable = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
-        options = {f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()}
+        options = {"logits (model output, a unit per class)": LOGITS}
+        options.update({f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()})
         self.values = None
         self._quiet = True  # one extraction for the new workspace, not one per widget change
         try:
-            self.layer.param.update(options=options, value=default_layer(modules))
+            self.layer.param.update(options=options, value=default_layer(modules) or LOGITS)
         finally:
             self._quiet = False
         await self._on_layer()
@@ -71,11 +73,13 @@ class NeuronsView(param.Parameterized):
         ws, layer, reduction = self.workspace, self.layer.value, self.reduction.value
         if ws is None or not layer or self._quiet:
             return
+        layers = [] if layer == LOGITS else [layer]
         acts = await self.state.run(f"Computing activations of {layer}",
-                                    lambda progress: ws.activations([layer], reduction, progress))
+                                    lambda progress: ws.activations(layers, reduction, progress))
         if acts is None or (ws, layer, reduction) != (self.workspace, self.layer.value, self.reduction.value):
             return  # failed, or the user moved on while it ran
-        self.values, self.predictions = acts.layers[layer], acts.predictions
+        self.values = acts.logits if layer == LOGITS else acts.layers[layer]
+        self.predictions = acts.predictions
         units = self.values.shape[1]
         self._quiet = True
         try:
@@ -89,13 +93,14 @@ class NeuronsView(param.Parameterized):
         ws, values = self.workspace, self.values
         if ws is None or values is None:
             return
-        unit = int(self.unit.value)
+        unit, dataset = int(self.unit.value), ws.dataset
         column = values[:, unit]
         top, bottom = top_bottom(column, EXAMPLES)
         self.top.object = self._grid(top, column, "na-grid-top")
         self.bottom.object = self._grid(bottom, column, "na-grid-bottom")
-        dataset = ws.dataset
         title = f"{self.layer.value} · unit {unit}"
+        if self.layer.value == LOGITS and unit < len(dataset.classes):
+            title = f"logit of class {dataset.classes[unit]} · unit {unit}"
         self.histogram.object = activation_histogram(
             column, f"{title}: activations over {len(column):,} images",
             marks={"16th highest": float(column[top[-1]]), "16th lowest": float(column[bottom[-1]])})
