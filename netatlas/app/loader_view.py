@@ -113,8 +113,9 @@ class LoaderView(param.Parameterized):
         if workspace is not None:
             state.workspace = workspace
             skipped = workspace.dataset.skipped
-            if skipped:
-                state.status.object = f"Skipped {len(skipped)} unreadable images (first: {skipped[0]})."
+            if skipped and pn.state.notifications is not None:
+                pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images "
+                                               f"(first: {skipped[0]})", duration=8000)
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(

@@ -34,7 +34,9 @@ class ModelView(param.Parameterized):
             f"**parameters** {total:,} · **input** {'x'.join(map(str, loaded.input_shape[1:]))} · "
             f"**device** {ws.device}",
             f"**dataset** {dataset.name}: {len(dataset):,} images, {len(dataset.classes)} classes"
-            + (f" · **held-out accuracy (sidecar)** {accuracy:.2%}" if isinstance(accuracy, float) else ""),
+            + (f" · **held-out accuracy (sidecar)** {accuracy:.2%}" if isinstance(accuracy, float) else "")
+            + (f" · {len(dataset.skipped)} unreadable files skipped (first: `{dataset.skipped[0]}`)"
+               if dataset.skipped else ""),
         ]
         lines += [f"*note: {n}*" for n in loaded.notes]
         self.summary.object = "\n\n".join(lines)
