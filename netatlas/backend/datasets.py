@@ -57,6 +57,11 @@ class ImageDataset:
             df[key] = values
         return df
 
+    def inputs(self, indices: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor:
+        """Model-ready inputs for a few chosen images, decoded in this thread."""
+        decoded = _Decoded(self, preprocessing)
+        return _Collate(preprocessing)([decoded[int(i)] for i in indices])[1]
+
     def batches(self, preprocessing: Preprocessing, batch_size: int = 256,
                 num_workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(indices, model-ready float tensor) batches in dataset order.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from functools import cached_property
 from typing import Iterable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import torch
 
 from netatlas.backend.activations import Activations, Progress, Reduction, extract_activations, \
     resolve_device
@@ -15,9 +18,13 @@ from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arr
 from netatlas.backend.checkpoint import LoadedModel
 from netatlas.backend.datasets import ImageDataset
 from netatlas.backend.model_info import describe_model
+from netatlas.backend.residual_blocks import find_residual_units, parse_units
+from netatlas.backend.residual_paths import PathSettings, ResidualReport, analyze_paths
 
 # Bump when the way activations are computed changes: every cached activation is then recomputed.
 ACTIVATIONS_VERSION = 1
+RESIDUAL_VERSION = 1
+_RESIDUAL_META = b"netatlas.residual.meta"
 
 
 class Workspace:
@@ -84,3 +91,33 @@ class Workspace:
         }
         columns.update({name: vectors_to_arrow(v) for name, v in activations.layers.items()})
         return pa.table(columns)
+
+    def sample(self, count: int, seed: int = 0) -> np.ndarray:
+        """A seeded sample of image indices, from the held-out split when the dataset has one."""
+        pool = np.arange(len(self.dataset))
+        split = self.dataset.meta.get("split")
+        if split is not None and (split == "test").any():
+            pool = pool[split == "test"]
+        rng = np.random.default_rng(seed)
+        return np.sort(rng.choice(pool, min(count, len(pool)), replace=False))
+
+    def residual_paths(self, unit_keys: list[str] | None = None, settings: PathSettings = PathSettings(),
+                       progress: Progress | None = None) -> ResidualReport:
+        """The residual-path report for the chosen units (default: all found), cached in Parquet."""
+        model = self.loaded.model.to(self.device)
+        units = parse_units(model, unit_keys) if unit_keys else find_residual_units(model)
+        inputs = self._inputs(analysis="residual-paths", residual_version=RESIDUAL_VERSION,
+                              units=[u.key for u in units], settings=asdict(settings))
+        cached = self.cache.read("residual", inputs)
+        if cached is not None:
+            meta = json.loads(cached.schema.metadata[_RESIDUAL_META])
+            return ResidualReport.from_frame(cached.to_pandas(), meta)
+        indices = self.sample(settings.images, settings.seed)
+        labels = torch.as_tensor(self.dataset.labels[indices])
+        report = analyze_paths(model, units, self.dataset.inputs(indices, self.loaded.preprocessing),
+                               labels, settings, progress)
+        table = pa.Table.from_pandas(report.to_frame(), preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               _RESIDUAL_META: report.meta_json().encode()})
+        self.cache.write("residual", inputs, table)
+        return report
