@@ -9,6 +9,7 @@ from netatlas.app.config import AppConfig
 from netatlas.app.loader_view import LoaderView
 from netatlas.app.model_view import ModelView
 from netatlas.app.neurons_view import NeuronsView
+from netatlas.app.residual_view import ResidualView
 from netatlas.app.state import AppState
 
 _extension_loaded = False
@@ -27,8 +28,8 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     load_extensions()
     state = AppState(config)
     loader = LoaderView(state)
-    tabs = pn.Tabs(("Model", ModelView(state)), ("Neurons", NeuronsView(state)), dynamic=False,
-                   sizing_mode="stretch_width")
+    tabs = pn.Tabs(("Model", ModelView(state)), ("Neurons", NeuronsView(state)),
+                   ("Residual", ResidualView(state)), dynamic=False, sizing_mode="stretch_width")
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[tabs], sidebar_width=320,
         accent_base_color="#3b6ea8", header_background="#2c4f7c")

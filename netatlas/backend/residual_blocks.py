@@ -69,7 +69,7 @@ class ResidualGate:
             skip = skip.detach()
         elif route == "skip":
             branch = branch.detach()
-        return skip + self.mask[unit].to(branch.dtype) * branch
+        return skip + branch
 
 
 class _Combine(nn.Module):
@@ -182,12 +182,16 @@ def parse_units(model: nn.Module, keys: list[str]) -> list[ResidualUnit]:
         if not picked:
             raise NetatlasError(f"{module!r} has {len(candidates)} residual adds; {key!r} is not one")
         chosen += [u for u in picked if u not in chosen]
-    return chosen
+    return sorted(chosen, key=found.index)  # model order: depth and reordering's identity rely on it
 
 
-def _transformer_forward(layer: nn.Module, first: int, gate: ResidualGate) -> Callable:
-    """The forward of nn.TransformerEncoderLayer / DecoderLayer with each add gated (slow path)."""
-    add = lambda i, skip, branch: gate.combine(first + i, skip, branch)  # noqa: E731
+def _transformer_forward(layer: nn.Module, slots: dict[int, int], gate: ResidualGate) -> Callable:
+    """The forward of nn.TransformerEncoderLayer / DecoderLayer with the chosen adds gated (slow path).
+
+    ``slots`` maps the layer's add index to the unit's position in the gate; other adds stay plain.
+    """
+    def add(i: int, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return gate.combine(slots[i], skip, branch) if i in slots else skip + branch
 
     if isinstance(layer, nn.TransformerEncoderLayer):
         def forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False):
@@ -243,9 +247,7 @@ def _gated_forward(module: nn.Module, indices: list[int], units: list[ResidualUn
                    leaves: set[nn.Module]) -> Callable:
     prefix = units[indices[0]].module
     if isinstance(module, _TRANSFORMER_LAYERS):
-        if [units[i].index for i in indices] != list(range(len(indices))):
-            raise NetatlasError(f"{prefix}: gate all of a transformer layer's adds or none")
-        return _transformer_forward(module, indices[0], gate)
+        return _transformer_forward(module, {units[i].index: i for i in indices}, gate)
     gm = _trace(module, leaves)
     adds = _residual_adds(gm.graph) if gm is not None else []
     wanted = {units[i].index: i for i in indices}

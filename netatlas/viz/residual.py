@@ -1,0 +1,125 @@
+"""The four residual-path figures: per-unit branch statistics, Veit's path trio, the order-k
+decomposition against its idealisations, and lesion curves."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+
+from netatlas.backend.residual_paths import ResidualReport
+from netatlas.viz.styling import PANEL, WIDE, styled
+
+COLORS = {"ratio": "#4c78a8", "cos": "#f58518", "gain": "#54a24b", "scale": "#b279a2",
+          "exact": "#1f3b73", "estimate": "#e45756", "ideal": "#9d9d9d"}
+_MPL_TITLE = {"fontsize": {"title": 10, "labels": 9, "xticks": 8, "yticks": 8}}
+
+
+def residual_figures(report: ResidualReport) -> dict[str, hv.core.Dimensioned]:
+    """The figures by name (``blocks``, ``paths``, ``orders``, ``lesions``), ready for page or file."""
+    return {"blocks": unit_statistics(report.units), "paths": path_trio(report.paths),
+            "orders": order_decomposition(report.orders, report.meta),
+            "lesions": lesion_curves(report.lesions, report.lesions_k, report.reorder, report.meta)}
+
+
+def unit_statistics(units: pd.DataFrame) -> hv.Overlay:
+    """||f(x)||/||x||, cos(f(x), x), the Jacobian gain and any learned branch scale against depth."""
+    series = [("ratio", "||f(x)|| / ||x||"), ("cos", "cos(f(x), x)"), ("gain", "Jacobian gain g")]
+    if "scale" in units and units["scale"].notna().any():
+        series.append(("scale", "learned branch scale"))
+    layers = []
+    for column, label in series:
+        data = units[["depth", column, "unit"]].rename(columns={column: "value"})
+        curve = hv.Curve(data, "depth", ["value", "unit"], label=label)
+        points = hv.Scatter(data, "depth", ["value", "unit"], label=label)
+        layers += [styled(curve, {"color": COLORS[column]}),
+                   styled(points, {"color": COLORS[column]}, {"size": 7, "tools": ["hover"]}, {"s": 20})]
+    zero = styled(hv.HLine(0), {"color": "#bbbbbb"}, {"line_width": 1}, {"linewidth": 1})
+    return styled(hv.Overlay([zero, *layers]), {
+        "title": "Per residual unit", "xlabel": "unit (depth order)", "ylabel": "value"},
+        {**WIDE["bokeh"], "legend_position": "top_left"}, {**WIDE["matplotlib"], **_MPL_TITLE})
+
+
+def path_trio(paths: pd.DataFrame) -> hv.Layout:
+    """Veit et al.'s three plots: paths per length, gradient per path length, effective paths."""
+    n = int(paths["k"].max())
+    count = styled(hv.Bars(paths, "k", "count"), {
+        "title": f"Paths by length (2^{n} in all)", "xlabel": "path length k", "ylabel": "paths C(n, k)",
+        "color": COLORS["ratio"]}, {**PANEL["bokeh"], "tools": ["hover"]},
+        {**PANEL["matplotlib"], **_MPL_TITLE})
+    grad = _with_errors(paths, "grad_mean", "grad_sem", "Gradient per path length",
+                        "mean ||dL/dx|| (log)", COLORS["exact"])
+    effective = _with_errors(paths, "effective", "effective_sem", "Effective paths (count x grad)",
+                             "total ||dL/dx|| (log)", COLORS["estimate"])
+    return hv.Layout([count, grad, effective]).cols(3).opts(shared_axes=False, backend="bokeh")
+
+
+def _with_errors(paths: pd.DataFrame, value: str, error: str, title: str, ylabel: str,
+                 color: str) -> hv.Overlay:
+    data = paths[["k", value, error, "samples"]].copy()
+    positive = data[value].clip(lower=np.finfo(float).tiny)
+    data["low"] = (data[value] - data[error]).clip(lower=positive * 0.05)
+    data[value] = positive
+    curve = styled(hv.Curve(data, "k", value), {"color": color})
+    points = styled(hv.Scatter(data, "k", [value, error, "samples"]), {"color": color},
+                    {"size": 6, "tools": ["hover"]}, {"s": 15})
+    bars = styled(hv.ErrorBars((data["k"], data[value], data[value] - data["low"], data[error]),
+                               vdims=["y", "yerrneg", "yerrpos"]), {"color": color})
+    return styled(hv.Overlay([curve, points, bars]), {
+        "title": title, "xlabel": "path length k", "ylabel": ylabel, "logy": True},
+        PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE})
+
+
+def order_decomposition(orders: pd.DataFrame, meta: dict) -> hv.Overlay:
+    """Share of the output in each order k, with the idealised C(n,k) lambda^k for three lambdas."""
+    n = int(orders["k"].max())
+    layers = []
+    ideals = [("ideal_1", "idealised, lambda = 1"), ("ideal_inv_sqrt_n", "idealised, lambda = 1/sqrt(n)"),
+              ("ideal_inv_n", "idealised, lambda = 1/n")]
+    for (column, label), dash in zip(ideals, ("dotted", "dashdot", "dashed")):
+        layers.append(_share_curve(orders, column, label, COLORS["ideal"], dash))
+    if "exact_share" in orders:
+        layers.append(_share_curve(orders, "exact", "exact (Moebius over 2^n masks)", COLORS["exact"], "solid"))
+    layers.append(_share_curve(orders, "estimate", "estimate e_k(g) from Jacobian gains", COLORS["estimate"],
+                               "solid"))
+    return styled(hv.Overlay(layers), {
+        "title": f"Order-k decomposition, n = {n} (grey: idealisations, exact only for linear branches)",
+        "xlabel": "order k (branches in the term)",
+        "ylabel": "share of sum ||Delta_S|| (log)", "logy": True},
+        {**WIDE["bokeh"], "legend_position": "bottom_left"}, {**WIDE["matplotlib"], **_MPL_TITLE})
+
+
+def _share_curve(orders: pd.DataFrame, column: str, label: str, color: str, dash: str) -> hv.Overlay:
+    share = orders[f"{column}_share"].clip(lower=1e-12)
+    data = pd.DataFrame({"k": orders["k"], "share": share, "weight": orders[column]})
+    curve = styled(hv.Curve(data, "k", ["share", "weight"], label=label), {"color": color},
+                   {"line_dash": dash, "tools": ["hover"]}, {"linestyle": _MPL_DASH[dash]})
+    return curve
+
+
+_MPL_DASH = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}
+
+
+def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.DataFrame,
+                  meta: dict) -> hv.Layout:
+    """Accuracy after removing one unit, k random units (mean +- sd), and after reordering blocks."""
+    base = float(meta.get("baseline_accuracy", np.nan))
+    baseline = styled(hv.HLine(base), {"color": "#888888"}, {"line_dash": "dashed"}, {"linestyle": "--"})
+    axes = {"ylabel": "accuracy", "ylim": (0, 1.02)}
+    small_b, small_m = PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE}
+    single = styled(hv.Bars(lesions, "unit", "accuracy"), {
+        "title": "One unit removed", "xlabel": "removed unit", "color": COLORS["ratio"], **axes},
+        {**small_b, "tools": ["hover"], "xrotation": 45}, {**small_m, "xrotation": 45})
+    k_data = lesions_k.assign(low=lesions_k["mean"] - lesions_k["sd"], high=lesions_k["mean"] + lesions_k["sd"])
+    k_curve = styled(hv.Curve(k_data, "k", ["mean", "sd"]), {"color": COLORS["estimate"]},
+                     {"tools": ["hover"]})
+    k_spread = styled(hv.Spread((k_data["k"], k_data["mean"], k_data["sd"])), {"alpha": 0.25},
+                      {"color": COLORS["estimate"]}, {"facecolor": COLORS["estimate"]})
+    k_plot = styled(hv.Overlay([k_spread, k_curve, baseline]), {
+        "title": "k random units removed (mean +- sd)", "xlabel": "units removed k", **axes}, small_b, small_m)
+    r_points = styled(hv.Scatter(reorder, "tau", ["accuracy", "swaps"]), {"color": COLORS["exact"]},
+                      {"size": 8, "tools": ["hover"]}, {"s": 25})
+    r_plot = styled(hv.Overlay([r_points, baseline]), {
+        "title": "Interchangeable blocks reordered", "xlabel": "Kendall tau to the original order",
+        "xlim": (min(-0.05, float(reorder["tau"].min()) - 0.05), 1.05), **axes}, small_b, small_m)
+    return hv.Layout([styled(hv.Overlay([single, baseline]), {}, small_b, small_m), k_plot, r_plot]).cols(3)
