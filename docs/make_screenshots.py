@@ -32,10 +32,16 @@ def main() -> None:
                 expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=OUT / "neurons.png")
+                page.set_viewport_size({"width": 1400, "height": 2300})
+                page.get_by_text("Residual", exact=True).click()
+                page.get_by_role("button", name="Compute path plots").click()
+                expect(page.locator(".na-residual-plot")).to_have_count(4, timeout=180_000)
+                page.wait_for_timeout(2000)
+                page.screenshot(path=OUT / "residual.png")
                 browser.close()
         finally:
             stop(server)
-    print(f"wrote {OUT / 'model.png'} and {OUT / 'neurons.png'}")
+    print(f"wrote model.png, neurons.png and residual.png to {OUT}")
 
 
 if __name__ == "__main__":

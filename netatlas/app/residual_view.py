@@ -32,7 +32,8 @@ class ResidualView(param.Parameterized):
         self.report: ResidualReport | None = None
         self.units = pn.widgets.MultiChoice(name="Residual units (remove any you do not want)",
                                             sizing_mode="stretch_width", css_classes=["na-units"])
-        self.images = pn.widgets.IntInput(name="Images", value=256, start=16, end=4096, step=16, width=110)
+        self.images = pn.widgets.IntInput(name="Images", value=256, start=16, end=4096, step=16, width=110,
+                                          css_classes=["na-images"])
         self.samples = pn.widgets.IntInput(name="Subsets per path length", value=8, start=1, end=64, width=170)
         self.compute = pn.widgets.Button(name="Compute path plots", button_type="primary", width=200)
         self.fmt = pn.widgets.RadioButtonGroup(name="Export format", options=list(EXPORT_FORMATS),

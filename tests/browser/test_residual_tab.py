@@ -1,0 +1,42 @@
+"""The Residual tab on the demo: compute, see the four plots, download one as SVG."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import wait_for_session
+
+pytestmark = pytest.mark.browser
+
+
+def test_residual_tab_shows_four_plots_and_exports_svg(page, demo_server):
+    page.goto(demo_server.url)
+    wait_for_session(page)
+    expect(page.locator(".na-module-tree")).to_contain_text("blocks.5", timeout=60_000)
+    page.get_by_text("Residual", exact=True).click()
+    units = page.locator(".na-units")
+    for i in range(6):
+        expect(units).to_contain_text(f"blocks.{i}")
+
+    images = page.locator(".na-images input").first
+    images.fill("64")
+    images.press("Enter")
+    page.get_by_role("button", name="Compute path plots").click()
+    plots = page.locator(".na-residual-plot")
+    expect(plots).to_have_count(4, timeout=120_000)
+    for title in ("Per residual unit", "Veit et al.", "Order-k decomposition", "Lesions"):
+        expect(page.locator(".na-residual-plot", has_text=title)).to_have_count(1)
+    # Each card holds rendered Bokeh canvases (one per panel).
+    expect(page.locator(".na-residual-plot canvas").first).to_be_visible()
+    expect(page.get_by_text("6 units, 64 images")).to_be_visible()
+
+    with page.expect_download() as download:
+        page.locator(".na-download-orders button").click()
+    path = download.value.path()
+    assert download.value.suggested_filename == "residual_orders.svg"
+    root = ET.parse(path).getroot()
+    assert root.tag.endswith("svg")
+    assert demo_server.alive()
