@@ -69,7 +69,7 @@ class ResidualGate:
             skip = skip.detach()
         elif route == "skip":
             branch = branch.detach()
-        return skip + branch
+        return skip + self.mask[unit].to(branch.dtype) * branch
 
 
 class _Combine(nn.Module):
