@@ -12,10 +12,12 @@ Every measurement runs the real model with its residual adds gated (see residual
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -90,29 +92,51 @@ def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, 
     steps = _Steps(progress, total=2 + _gradient_passes(n, settings.samples)
                    + (2 ** n if exact else 0) + n + n * settings.lesion_draws + settings.reorder_trials)
     requires_grad = [p.requires_grad for p in model.parameters()]
+    timed = _Timer()
     try:
         for p in model.parameters():
             p.requires_grad_(False)
         with gated(model, units) as gate:
-            with torch.no_grad():
+            with torch.no_grad(), timed("baseline"):
                 base_logits = _logits(model, x)
             targets = torch.where(labels.to(device) >= 0, labels.to(device), base_logits.argmax(1))
-            unit_table = _unit_stats(model, units, gate, x, steps)
-            unit_table["gain"] = _jacobian_gains(model, units, gate, x, rng, steps)
-            paths = _path_gradients(model, gate, x[:settings.gradient_images],
-                                    targets[:settings.gradient_images], settings.samples, rng, steps)
-            orders, check = _order_decomposition(model, gate, x[:settings.decomposition_images],
-                                                 unit_table["gain"].to_numpy(), exact, steps)
+            with timed("unit_stats"):
+                unit_table = _unit_stats(model, units, gate, x, steps)
+                unit_table["gain"] = _jacobian_gains(model, units, gate, x, rng, steps)
+            with timed("path_gradients"):
+                paths = _path_gradients(model, gate, x[:settings.gradient_images],
+                                        targets[:settings.gradient_images], settings.samples, rng, steps)
+            with timed("order_decomposition"):
+                orders, check = _order_decomposition(model, gate, x[:settings.decomposition_images],
+                                                     unit_table["gain"].to_numpy(), exact, steps)
             baseline = float((base_logits.argmax(1) == targets).float().mean())
-            lesions, lesions_k = _lesions(model, units, gate, x, targets, settings.lesion_draws, rng, steps)
-        reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps)
+            with timed("lesions"):
+                lesions, lesions_k = _lesions(model, units, gate, x, targets, settings.lesion_draws, rng, steps)
+        with timed("reorder"):
+            reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps)
     finally:
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
     meta = {"n_units": n, "images": int(len(x)), "baseline_accuracy": baseline, "exact": exact,
             "decomposition_rel_error": check, "targets": "labels" if bool((labels >= 0).all()) else
-            "labels where known, else the model's predictions"}
+            "labels where known, else the model's predictions", "seconds": timed.seconds,
+            "device": str(device)}
     return ResidualReport(unit_table, paths, orders, lesions, lesions_k, reorder, meta)
+
+
+class _Timer:
+    """Wall time per stage, reported with the results (where the minutes of a large model go)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - start, 3)
 
 
 class _Steps:

@@ -67,7 +67,7 @@ def _with_errors(paths: pd.DataFrame, value: str, error: str, title: str, ylabel
                                vdims=["y", "yerrneg", "yerrpos"]), {"color": color})
     return styled(hv.Overlay([curve, points, bars]), {
         "title": title, "xlabel": "path length k", "ylabel": ylabel, "logy": True},
-        PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE})
+        {**PANEL["bokeh"], "yformatter": "%.1e"}, {**PANEL["matplotlib"], **_MPL_TITLE})
 
 
 def order_decomposition(orders: pd.DataFrame, meta: dict) -> hv.Overlay:
@@ -116,7 +116,7 @@ def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.Da
     k_spread = styled(hv.Spread((k_data["k"], k_data["mean"], k_data["sd"])), {"alpha": 0.25},
                       {"color": COLORS["estimate"]}, {"facecolor": COLORS["estimate"]})
     k_plot = styled(hv.Overlay([k_spread, k_curve, baseline]), {
-        "title": "k random units removed (mean +- sd)", "xlabel": "units removed k", **axes}, small_b, small_m)
+        "title": "k random units removed", "xlabel": "units removed k", **axes}, small_b, small_m)
     r_points = styled(hv.Scatter(reorder, "tau", ["accuracy", "swaps"]), {"color": COLORS["exact"]},
                       {"size": 8, "tools": ["hover"]}, {"s": 25})
     r_plot = styled(hv.Overlay([r_points, baseline]), {
