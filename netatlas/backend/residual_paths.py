@@ -83,7 +83,8 @@ def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, 
     """All residual-path measurements of ``model`` on images ``x`` (labels -1 = use predictions)."""
     n = len(units)
     if n == 0:
-        raise NetatlasError("no residual units chosen: this model has no x + f(x) adds netatlas can find")
+        raise NetatlasError("no residual units to analyse: choose at least one (a model without "
+                            "x + f(x) adds that netatlas can trace has none)")
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.eval()
     x = x.to(device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict
 from functools import cached_property
 from typing import Iterable
@@ -36,10 +37,14 @@ class Workspace:
         self.cache = cache or ResultCache()
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        # One computation on the model at a time: residual analyses patch its forwards, and a
+        # concurrent extraction (another tab of the same session) must never see those patches.
+        self.model_lock = threading.RLock()
 
     @cached_property
     def modules(self) -> pd.DataFrame:
-        return describe_model(self.loaded.model.to(self.device), self.loaded.input_shape)
+        with self.model_lock:
+            return describe_model(self.loaded.model.to(self.device), self.loaded.input_shape)
 
     def _inputs(self, **extra: object) -> dict[str, object]:
         return {**self.loaded.identity, "dataset": self.dataset.manifest_hash,
@@ -55,8 +60,9 @@ class Workspace:
                   for name in layers}
         missing = [name for name, table in cached.items() if table is None]
         if outputs is None or missing:
-            fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
-                                        missing, reduction, self.batch_size, self.device, progress)
+            with self.model_lock:
+                fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
+                                            missing, reduction, self.batch_size, self.device, progress)
             self._write(fresh, missing, reduction)
             logits, predictions = fresh.logits, fresh.predictions
             values = {name: fresh.layers[name] for name in missing}
@@ -105,17 +111,18 @@ class Workspace:
                        progress: Progress | None = None) -> ResidualReport:
         """The residual-path report for the chosen units (default: all found), cached in Parquet."""
         model = self.loaded.model.to(self.device)
-        units = parse_units(model, unit_keys) if unit_keys else find_residual_units(model)
+        units = find_residual_units(model) if unit_keys is None else parse_units(model, unit_keys)
         inputs = self._inputs(analysis="residual-paths", residual_version=RESIDUAL_VERSION,
                               units=[u.key for u in units], settings=asdict(settings))
         cached = self.cache.read("residual", inputs)
-        if cached is not None:
-            meta = json.loads(cached.schema.metadata[_RESIDUAL_META])
-            return ResidualReport.from_frame(cached.to_pandas(), meta)
+        meta = (cached.schema.metadata or {}).get(_RESIDUAL_META) if cached is not None else None
+        if meta is not None:
+            return ResidualReport.from_frame(cached.to_pandas(), json.loads(meta))
         indices = self.sample(settings.images, settings.seed)
         labels = torch.as_tensor(self.dataset.labels[indices])
-        report = analyze_paths(model, units, self.dataset.inputs(indices, self.loaded.preprocessing),
-                               labels, settings, progress)
+        with self.model_lock:
+            report = analyze_paths(model, units, self.dataset.inputs(indices, self.loaded.preprocessing),
+                                   labels, settings, progress)
         table = pa.Table.from_pandas(report.to_frame(), preserve_index=False)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                _RESIDUAL_META: report.meta_json().encode()})
