@@ -12,7 +12,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS, start_server, stop, wait_for_session  # noqa: E402
+from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS, open_app, start_server, stop  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "img"
 
@@ -24,9 +24,7 @@ def main() -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 950})
-                page.goto(server.url)
-                wait_for_session(page)
-                expect(page.locator(".na-module-tree")).to_contain_text("blocks.5", timeout=60_000)
+                open_app(page, server.url)
                 page.screenshot(path=OUT / "model.png")
                 page.get_by_text("Neurons", exact=True).click()
                 expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.serving import Server, start_server, stop  # noqa: F401 - re-exported for the tests
 
@@ -27,3 +28,10 @@ def demo_server(tmp_path_factory):
 def wait_for_session(page) -> None:
     """The page's Bokeh document is live once its websocket has delivered the first render."""
     page.wait_for_function("() => window.Bokeh !== undefined && Bokeh.documents.length > 0", timeout=60_000)
+
+
+def open_app(page, url: str, module: str = "blocks.5") -> None:
+    """Open the app and wait until the opening model's module tree (naming ``module``) is shown."""
+    page.goto(url)
+    wait_for_session(page)
+    expect(page.locator(".na-module-tree")).to_contain_text(module, timeout=60_000)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from playwright.sync_api import expect
 
-from tests.browser.conftest import start_server, stop, wait_for_session
+from tests.browser.conftest import open_app, start_server, stop
 
 pytestmark = pytest.mark.browser
 
@@ -43,9 +43,7 @@ def choose_checkpoint(page, label: str) -> None:
 
 def test_unsafe_pickle_is_refused_in_the_page(page, bad_root_server):
     server, marker = bad_root_server
-    page.goto(server.url)
-    wait_for_session(page)
-    expect(page.locator(".na-module-tree")).to_contain_text("blocks.0", timeout=60_000)
+    open_app(page, server.url, "blocks.0")
 
     choose_checkpoint(page, next(o for o in page.locator("select").first.locator("option").all_inner_texts()
                                  if o.endswith("unsafe.pt")))
@@ -60,6 +58,4 @@ def test_unsafe_pickle_is_refused_in_the_page(page, bad_root_server):
 
     # Another session opens normally: the errors above did not take the server down.
     other = page.context.new_page()
-    other.goto(server.url)
-    wait_for_session(other)
-    expect(other.locator(".na-module-tree")).to_contain_text("blocks.0", timeout=60_000)
+    open_app(other, server.url, "blocks.0")

@@ -9,7 +9,7 @@ from playwright.sync_api import expect
 from netatlas.backend.checkpoint import load_checkpoint
 from netatlas.backend.datasets import demo_dataset
 from netatlas.backend.demo import demo_checkpoint
-from tests.browser.conftest import wait_for_session
+from tests.browser.conftest import open_app
 
 pytestmark = pytest.mark.browser
 
@@ -31,9 +31,7 @@ def direct_unit_values(layer: str, unit: int) -> np.ndarray:
 
 
 def test_neurons_tab_shows_top_and_bottom_16(page, demo_server):
-    page.goto(demo_server.url)
-    wait_for_session(page)
-    expect(page.locator(".na-module-tree")).to_contain_text("blocks.5.conv2", timeout=60_000)
+    open_app(page, demo_server.url, "blocks.5.conv2")
     page.get_by_text("Neurons", exact=True).click()
     top = page.locator(".na-grid-top img")
     expect(top).to_have_count(16, timeout=60_000)

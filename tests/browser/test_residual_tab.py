@@ -7,15 +7,13 @@ import xml.etree.ElementTree as ET
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import wait_for_session
+from tests.browser.conftest import open_app
 
 pytestmark = pytest.mark.browser
 
 
 def test_residual_tab_shows_four_plots_and_exports_svg(page, demo_server):
-    page.goto(demo_server.url)
-    wait_for_session(page)
-    expect(page.locator(".na-module-tree")).to_contain_text("blocks.5", timeout=60_000)
+    open_app(page, demo_server.url, "blocks.5")
     page.get_by_text("Residual", exact=True).click()
     units = page.locator(".na-units")
     for i in range(6):
