@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -72,14 +73,12 @@ def first_tensor(output: object) -> torch.Tensor:
     raise NetatlasError(f"cannot read activations from a module output of type {type(output).__name__}")
 
 
-def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
-                        layers: Iterable[str] = (), reduction: Reduction = "mean",
-                        batch_size: int = 256, device: str | torch.device = "auto",
-                        progress: Progress | None = None) -> Activations:
-    """Run ``dataset`` through ``model`` once, capturing ``layers`` with forward hooks.
+@contextlib.contextmanager
+def captured_layers(model: nn.Module, layers: Iterable[str],
+                    reduction: Reduction = "mean") -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that store each layer's reduced [batch, units] output; removed on exit.
 
-    Reductions happen on the device, so only [batch, units] crosses to the host. Hooks are removed
-    even when the pass fails.
+    ``with captured_layers(model, ["layer4"]) as out: model(x)`` leaves ``out["layer4"]``.
     """
     layers = list(dict.fromkeys(layers))
     if reduction not in ("mean", "max"):
@@ -89,8 +88,6 @@ def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: 
     if unknown:
         raise NetatlasError(f"no module named {', '.join(map(repr, unknown))} in this model; "
                             f"`netatlas info` lists the module names")
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
     captured: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str) -> Callable:
@@ -102,7 +99,7 @@ def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: 
     try:
         for name in layers:
             handles.append(modules[name].register_forward_hook(hook_for(name)))
-        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction)
+        yield captured
     except RuntimeError as exc:
         if "hook" in str(exc).lower() and isinstance(model, torch.jit.ScriptModule):
             raise NetatlasError("TorchScript models do not support forward hooks: only the outputs "
@@ -111,6 +108,22 @@ def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: 
     finally:
         for handle in handles:
             handle.remove()
+
+
+def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
+                        layers: Iterable[str] = (), reduction: Reduction = "mean",
+                        batch_size: int = 256, device: str | torch.device = "auto",
+                        progress: Progress | None = None) -> Activations:
+    """Run ``dataset`` through ``model`` once, capturing ``layers`` with forward hooks.
+
+    Reductions happen on the device, so only [batch, units] crosses to the host. Hooks are removed
+    even when the pass fails.
+    """
+    layers = list(dict.fromkeys(layers))
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    with captured_layers(model, layers, reduction) as captured:
+        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction)
 
 
 def _run(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing, layers: list[str],
