@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from netatlas.errors import NetatlasError
 
@@ -55,6 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
     paths.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
     add_cache_args(paths)
     paths.set_defaults(run=cmd_paths)
+
+    featviz = sub.add_parser("featviz", help="multifaceted feature visualization of one unit")
+    add_model_args(featviz)
+    featviz.add_argument("data", help="image folder, .npz file, or 'demo'")
+    featviz.add_argument("--layer", default="", help="module name (default: the class logits)")
+    featviz.add_argument("--unit", type=int, required=True, help="channel, feature or class index")
+    featviz.add_argument("-k", type=int, default=4, help="facets, 1-10 (default 4)")
+    featviz.add_argument("--optimizer", choices=("paper", "lucid"), default="paper")
+    featviz.add_argument("--start", choices=("mean", "noise"), default="mean",
+                         help="start from each facet's mean image (the paper) or from noise")
+    featviz.add_argument("--steps", type=int, default=200)
+    featviz.add_argument("--diversity", type=float, default=0.0, help="weight of the diversity term")
+    featviz.add_argument("--seed", type=int, default=0)
+    featviz.add_argument("-o", "--output", required=True, type=Path, help="folder for images and the card")
+    add_cache_args(featviz)
+    featviz.set_defaults(run=cmd_featviz)
 
     serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
     add_serve_args(serve)
@@ -139,6 +156,27 @@ def load_from_args(args: argparse.Namespace):
                            preprocessing=preprocessing_from_args(args, path), device="cpu")
 
 
+@contextlib.contextmanager
+def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar on stderr, driven by the backend's (done, total) progress callbacks."""
+    from tqdm import tqdm
+
+    with tqdm(unit=unit, desc=desc, file=sys.stderr) as bar:
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+        yield progress
+
+
+def workspace_from_args(args: argparse.Namespace, dataset):
+    """The Workspace the model, cache and device arguments describe, over ``dataset``."""
+    from netatlas.backend.cache import ResultCache
+    from netatlas.backend.workspace import Workspace
+
+    return Workspace(load_from_args(args), dataset, ResultCache(args.cache_dir), args.device)
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from netatlas.backend.model_info import describe_model
 
@@ -157,8 +195,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
-    from tqdm import tqdm
-
     from netatlas.backend.cache import ResultCache
     from netatlas.backend.datasets import load_dataset
     from netatlas.backend.workspace import Workspace
@@ -168,9 +204,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable files (first: {dataset.skipped[0]})", file=sys.stderr)
     workspace = Workspace(loaded, dataset, ResultCache(args.cache_dir), args.device, args.batch_size)
-    with tqdm(total=len(dataset), unit="img", desc="extract", file=sys.stderr) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.update(done - bar.n)
+    with progress_bar("extract", "img") as progress:
         acts = workspace.activations(args.layers, args.reduction, progress)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(workspace.table(acts), args.output, compression="zstd")
@@ -181,21 +215,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from netatlas.backend.cache import ResultCache
     from netatlas.backend.datasets import load_dataset
     from netatlas.backend.residual_paths import PathSettings
-    from netatlas.backend.workspace import Workspace
     from netatlas.viz.residual import residual_figures
     from netatlas.viz.styling import export
 
-    workspace = Workspace(load_from_args(args), load_dataset(args.data), ResultCache(args.cache_dir), args.device)
+    workspace = workspace_from_args(args, load_dataset(args.data))
     settings = PathSettings(images=args.images, samples=args.samples)
-    with tqdm(unit="pass", desc="residual paths", file=sys.stderr) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
+    with progress_bar("residual paths", "pass") as progress:
         report = workspace.residual_paths(args.units, settings, progress)
     args.output.mkdir(parents=True, exist_ok=True)
     for name, frame in ((s, getattr(report, s)) for s in report.SECTIONS):
@@ -207,6 +234,43 @@ def cmd_paths(args: argparse.Namespace) -> int:
     print(f"wrote {len(written)} figures and {len(report.SECTIONS)} tables to {args.output}: "
           f"{meta['n_units']} residual units, {meta['images']} images, baseline accuracy "
           f"{meta['baseline_accuracy']:.4f}")
+    return 0
+
+
+def cmd_featviz(args: argparse.Namespace) -> int:
+    from PIL import Image
+    from netatlas.backend.datasets import load_dataset
+    from netatlas.backend.facets import FacetSettings
+    from netatlas.backend.featviz import FeatvizSettings
+    from netatlas.backend.neurons import top_bottom
+    from netatlas.viz.facets import neuron_card, save_card
+
+    dataset = load_dataset(args.data)
+    workspace = workspace_from_args(args, dataset)
+    facet_settings = FacetSettings(k=args.k, start=args.start, seed=args.seed)
+    featviz_settings = FeatvizSettings(optimizer=args.optimizer, steps=args.steps, diversity=args.diversity,
+                                       seed=args.seed)
+    with progress_bar("featviz", "step") as progress:
+        report = workspace.facets(args.layer, args.unit, facet_settings, featviz_settings, progress)
+    acts = workspace.activations([args.layer] if args.layer else [])
+    values = (acts.layers[args.layer] if args.layer else acts.logits)[:, args.unit]
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["facet,activation,ratio_to_dataset_max,rank,images,exemplars"]
+    for i, image in enumerate(report.images):
+        Image.fromarray(image).save(out / f"facet_{i + 1}.png")
+        rows.append(f"{i + 1},{report.activation[i]:.6g},{report.ratio[i]:.4f},{report.rank[i]},"
+                    f"{report.sizes[i]},{' '.join(map(str, report.exemplars[i]))}")
+    (out / "facets.csv").write_text("\n".join(rows) + "\n")
+    top, bottom = top_bottom(values, 8)
+    exemplars = [[dataset.read(int(i)) for i in e] for e in report.exemplars]
+    title = f"{args.layer or 'logits'} · unit {args.unit}"
+    for fmt in ("png", "svg", "pdf"):
+        card = neuron_card(report, exemplars, values, [dataset.read(int(i)) for i in top],
+                           [dataset.read(int(i)) for i in bottom], title)
+        save_card(card, out / f"neuron_card.{fmt}")
+    print(f"wrote {len(report.images)} facets and neuron_card.png/svg/pdf to {out}: activation / dataset max "
+          f"{', '.join(f'{r:.2f}' for r in report.ratio)}; diversity {report.diversity:.3f}")
     return 0
 
 

@@ -121,7 +121,8 @@ class LoaderView(param.Parameterized):
         return pn.Column(
             self.checkpoint, self.arch, self.arch_kwargs, self.trust,
             pn.pane.Markdown(TRUST_HELP, styles={"font-size": "11px", "color": "#666"}, margin=(0, 10)),
-            self.dataset, self.load_button, self.rescan, self.state.progress, self.state.status,
+            self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
+            self.state.status,
             sizing_mode="stretch_width")
 
 

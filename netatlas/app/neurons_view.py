@@ -8,6 +8,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from netatlas.app.facets_view import FacetsView
 from netatlas.app.state import AppState
 from netatlas.backend.neurons import class_means, top_bottom
 from netatlas.backend.workspace import Workspace
@@ -43,11 +44,21 @@ class NeuronsView(param.Parameterized):
         self.bottom = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-bottom"])
         self.histogram = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
         self.class_means = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
+        self.facets = FacetsView(state, self.current_unit, self.current_values)
         state.param.watch(self._on_workspace, "workspace")
         self.layer.param.watch(self._on_layer, "value")
         self.reduction.param.watch(self._on_layer, "value")
         self.unit.param.watch(lambda _: self._quiet or self.render(), "value")
         self._quiet = False
+
+    def current_unit(self) -> tuple[str | None, int]:
+        """(layer, unit) shown now, with the logits as layer "" (how the backend names the output)."""
+        if self.values is None:
+            return None, 0
+        return ("" if self.layer.value == LOGITS else self.layer.value), int(self.unit.value)
+
+    def current_values(self) -> np.ndarray | None:
+        return None if self.values is None else self.values[:, int(self.unit.value)]
 
     @property
     def workspace(self) -> Workspace | None:
@@ -91,6 +102,7 @@ class NeuronsView(param.Parameterized):
 
     def render(self) -> None:
         ws, values = self.workspace, self.values
+        self.facets.clear()
         if ws is None or values is None:
             return
         unit, dataset = int(self.unit.value), ws.dataset
@@ -131,4 +143,4 @@ class NeuronsView(param.Parameterized):
                    pn.Column("#### Bottom 16 images", self.bottom, sizing_mode="stretch_width"),
                    sizing_mode="stretch_width"),
             pn.Row(self.histogram, self.class_means, sizing_mode="stretch_width"),
-            sizing_mode="stretch_width")
+            self.facets, sizing_mode="stretch_width")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -21,6 +22,10 @@ log = logging.getLogger(__name__)
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netatlas")
 
 
+class Cancelled(NetatlasError):
+    """Raised from a progress callback when the user pressed Cancel; shown like any user error."""
+
+
 class AppState(param.Parameterized):
     """What one browser session has open, and the status line and progress bar of its work."""
 
@@ -33,14 +38,22 @@ class AppState(param.Parameterized):
         self.progress = pn.indicators.Progress(name="progress", value=0, max=100, active=False,
                                                sizing_mode="stretch_width", visible=False)
         self.status = pn.pane.Markdown("", css_classes=["na-status"], sizing_mode="stretch_width")
+        self.cancelled = threading.Event()
+        self.cancel_button = pn.widgets.Button(name="Cancel", button_type="warning", visible=False,
+                                               sizing_mode="stretch_width", css_classes=["na-cancel"])
+        self.cancel_button.on_click(lambda _: self.cancelled.set())
 
     async def run(self, label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
         """Run ``work(progress)`` off the event loop; return its result, or None after an error."""
         self.busy = True
+        self.cancelled.clear()
         self.status.object = f"{label}..."
         self.progress.param.update(value=0, visible=True, active=True)
+        self.cancel_button.visible = True
 
         def progress(done: int, total: int) -> None:
+            if self.cancelled.is_set():
+                raise Cancelled(f"{label}: cancelled")
             self.progress.param.update(value=int(100 * done / max(total, 1)), active=False)
 
         try:
@@ -56,6 +69,7 @@ class AppState(param.Parameterized):
         finally:
             self.busy = False
             self.progress.param.update(visible=False, active=False)
+            self.cancel_button.visible = False
         self.status.object = ""
         return result
 

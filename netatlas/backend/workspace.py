@@ -18,13 +18,17 @@ from netatlas.backend.activations import Activations, Progress, Reduction, extra
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
 from netatlas.backend.datasets import ImageDataset
+from netatlas.backend.facets import FacetReport, FacetSettings, build_facets, penultimate_layer
+from netatlas.backend.featviz import FeatvizSettings, Objective
 from netatlas.backend.model_info import describe_model
 from netatlas.backend.residual_blocks import find_residual_units, parse_units
 from netatlas.backend.residual_paths import PathSettings, ResidualReport, analyze_paths
+from netatlas.errors import NetatlasError
 
 # Bump when the way activations are computed changes: every cached activation is then recomputed.
 ACTIVATIONS_VERSION = 1
 RESIDUAL_VERSION = 1
+FACETS_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
 
 
@@ -127,4 +131,26 @@ class Workspace:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                _RESIDUAL_META: report.meta_json().encode()})
         self.cache.write("residual", inputs, table)
+        return report
+
+    def facets(self, layer: str, unit: int, facet_settings: FacetSettings = FacetSettings(),
+               featviz_settings: FeatvizSettings = FeatvizSettings(),
+               progress: Progress | None = None) -> FacetReport:
+        """Multifaceted feature visualization of one unit (``layer`` "" = class logits), cached."""
+        inputs = self._inputs(analysis="facets", facets_version=FACETS_VERSION, layer=layer, unit=unit,
+                              facet_settings=asdict(facet_settings), featviz=asdict(featviz_settings))
+        cached = self.cache.read("facets", inputs)
+        if cached is not None and FacetReport.META in (cached.schema.metadata or {}):
+            return FacetReport.from_table(cached)
+        model = self.loaded.model.to(self.device)
+        code_layer = penultimate_layer(model) or layer
+        acts = self.activations([name for name in (layer, code_layer) if name])
+        values = acts.logits if not layer else acts.layers[layer]
+        if not 0 <= unit < values.shape[1]:
+            raise NetatlasError(f"unit {unit} is out of range: {layer or 'the logits'} has {values.shape[1]} units")
+        with self.model_lock:
+            report = build_facets(model, self.dataset, self.loaded.preprocessing, Objective(layer, unit),
+                                  values[:, unit], acts.layers.get(code_layer, acts.logits),
+                                  facet_settings, featviz_settings, progress)
+        self.cache.write("facets", inputs, report.to_table())
         return report

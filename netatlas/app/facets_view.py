@@ -1,0 +1,87 @@
+"""Multifaceted feature visualization for the unit chosen in the Neurons tab."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import panel as pn
+import param
+
+from netatlas.app.state import AppState
+from netatlas.backend.facets import FacetReport, FacetSettings
+from netatlas.backend.featviz import FeatvizSettings
+from netatlas.backend.neurons import top_bottom
+from netatlas.viz.facets import facets_html, neuron_card, save_card
+
+OPTIMIZERS = {"paper (normalized ascent, TV, jitter, growing canvas)": "paper",
+              "Lucid-style (Fourier + decorrelated colour, transforms, Adam)": "lucid"}
+STARTS = {"facet mean image (the paper)": "mean", "random noise (baseline)": "noise"}
+
+
+class FacetsView(param.Parameterized):
+    """Controls and results; ``unit()`` tells which layer ("" = logits) and unit to visualize."""
+
+    def __init__(self, state: AppState, unit, values, **params) -> None:
+        super().__init__(**params)
+        self.state, self.current_unit, self.current_values = state, unit, values
+        self.report: FacetReport | None = None
+        self.k = pn.widgets.IntSlider(name="Facets k", start=1, end=10, value=4, width=160)
+        self.optimizer = pn.widgets.Select(name="Optimizer", options=OPTIMIZERS, width=330)
+        self.start = pn.widgets.Select(name="Start from", options=STARTS, width=220)
+        self.steps = pn.widgets.IntInput(name="Steps", value=200, start=10, end=2000, step=10, width=90,
+                                         css_classes=["na-steps"])
+        self.diversity = pn.widgets.FloatInput(name="Diversity term", value=0.0, start=0.0, step=0.1, width=110)
+        self.run_button = pn.widgets.Button(name="Visualize facets", button_type="primary", width=170)
+        self.fmt = pn.widgets.Select(name="Neuron card", options=["png", "svg", "pdf"], width=80)
+        self.download = pn.widgets.FileDownload(callback=self._card, filename="neuron_card.png",
+                                                label="Download neuron card", button_type="light",
+                                                width=200, disabled=True, css_classes=["na-card-download"])
+        self.results = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-facets-pane"])
+        self.run_button.on_click(self._on_run)
+        self.fmt.param.watch(lambda e: setattr(self.download, "filename", f"neuron_card.{e.new}"), "value")
+        state.param.watch(lambda e: setattr(self.run_button, "disabled", e.new), "busy")
+
+    def clear(self) -> None:
+        self.report = None
+        self.results.object = ""
+        self.download.disabled = True
+
+    async def _on_run(self, _event=None) -> None:
+        ws, (layer, unit) = self.state.workspace, self.current_unit()
+        if ws is None or layer is None:
+            return
+        facet_settings = FacetSettings(k=int(self.k.value), start=self.start.value)
+        featviz_settings = FeatvizSettings(optimizer=self.optimizer.value, steps=int(self.steps.value),
+                                           diversity=float(self.diversity.value))
+        report = await self.state.run(
+            f"Facets of {layer or 'logit'} unit {unit}",
+            lambda progress: ws.facets(layer, unit, facet_settings, featviz_settings, progress))
+        if report is None or (layer, unit) != self.current_unit() or ws is not self.state.workspace:
+            return
+        self.report = report
+        self.results.object = facets_html(report, self._exemplar_images(report))
+        self.download.disabled = False
+
+    def _exemplar_images(self, report: FacetReport) -> list[list]:
+        dataset = self.state.workspace.dataset
+        return [[dataset.read(int(i)) for i in members] for members in report.exemplars]
+
+    def _card(self) -> io.BytesIO:
+        report, dataset, values = self.report, self.state.workspace.dataset, self.current_values()
+        layer, unit = self.current_unit()
+        top, bottom = top_bottom(values, 8)
+        figure = neuron_card(report, self._exemplar_images(report), values,
+                             [dataset.read(int(i)) for i in top], [dataset.read(int(i)) for i in bottom],
+                             f"{layer or 'logits'} · unit {unit}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = save_card(figure, Path(tmp) / f"neuron_card.{self.fmt.value}")
+            return io.BytesIO(path.read_bytes())
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        controls = pn.Row(self.k, self.optimizer, self.start, self.steps, self.diversity,
+                          pn.Column(pn.Spacer(height=18), self.run_button), sizing_mode="stretch_width")
+        export = pn.Row(self.fmt, pn.Column(pn.Spacer(height=18), self.download))
+        return pn.Column("#### Facets: synthetic images, one per kind of input the unit responds to",
+                         controls, self.results, export, sizing_mode="stretch_width")
