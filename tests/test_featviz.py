@@ -173,7 +173,10 @@ def test_rgb_any_size(tiny, optimizer, size):
 def test_same_seed_same_images(demo, optimizer):
     model, pre, _ = demo
     start = noise_start(2, pre, seed=0)
-    run = lambda seed: maximize(model, start, Objective("", 5), pre, FeatvizSettings(optimizer, steps=12, seed=seed))  # noqa: E731
+
+    def run(seed: int) -> torch.Tensor:
+        return maximize(model, start, Objective("", 5), pre, FeatvizSettings(optimizer, steps=12, seed=seed))
+
     first = run(0)
     assert torch.equal(first, run(0))
     assert not torch.allclose(first, run(1))
@@ -298,4 +301,4 @@ def test_bad_objectives_are_user_errors(demo):
         maximize(model, torch.zeros(1, 3, 28, 28), Objective("", 0), pre)
     with pytest.raises(NetatlasError, match="unknown optimizer"):
         maximize(model, start, Objective("", 0), pre, FeatvizSettings("adam"))  # type: ignore[arg-type]
-    assert hook_count(model) == 0 and not any(p.requires_grad is False for p in model.parameters())
+    assert hook_count(model) == 0 and all(p.requires_grad for p in model.parameters())
