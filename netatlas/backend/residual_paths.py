@@ -347,23 +347,29 @@ def _accuracy(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> float
 def _lesions(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
              targets: torch.Tensor, draws: int, rng: np.random.Generator,
              steps: _Steps) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Accuracy with each unit's branch removed (skip kept), then with k random units removed."""
+    """Accuracy with each unit's branch removed (skip kept), then with k random units removed.
+
+    Where C(n, k) <= ``draws`` every k-subset is measured once instead of sampled (k = 1 reuses the
+    single lesions), so the mean and sd are exact there and no forward pass is repeated.
+    """
     n = gate.n
-    single = []
-    for l, unit in enumerate(units):
-        gate.reset()
-        gate.mask[l] = 0
-        single.append({"unit": unit.label, "depth": l, "accuracy": _accuracy(model, x, targets)})
-        steps()
+    accuracy: dict[frozenset[int], float] = {}
+
+    def lesioned(removed: frozenset[int]) -> float:
+        if removed not in accuracy:
+            gate.reset()
+            gate.mask[torch.as_tensor(sorted(removed))] = 0
+            accuracy[removed] = _accuracy(model, x, targets)
+        return accuracy[removed]
+
+    single = [{"unit": unit.label, "depth": l, "accuracy": lesioned(frozenset([l]))} for l, unit in enumerate(units)]
+    steps(n)
     rows = []
     for k in range(1, n + 1):
-        accs = []
-        for _ in range(draws):
-            gate.reset()
-            gate.mask[torch.as_tensor(rng.choice(n, k, replace=False))] = 0
-            accs.append(_accuracy(model, x, targets))
-            steps()
-        rows.append({"k": k, "mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": draws})
+        subsets = _subsets(n, k, draws, rng)
+        accs = [lesioned(subset) for subset in subsets]
+        steps(draws)
+        rows.append({"k": k, "mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": len(subsets)})
     gate.reset()
     return pd.DataFrame(single), pd.DataFrame(rows)
 

@@ -27,7 +27,7 @@ from netatlas.errors import NetatlasError
 
 # Bump when the way activations are computed changes: every cached activation is then recomputed.
 ACTIVATIONS_VERSION = 1
-RESIDUAL_VERSION = 1
+RESIDUAL_VERSION = 2
 FACETS_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
 
