@@ -30,6 +30,12 @@ def main() -> None:
                 expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)
                 page.wait_for_timeout(1500)
                 page.screenshot(path=OUT / "neurons.png")
+                page.set_viewport_size({"width": 1400, "height": 1700})
+                page.get_by_role("button", name="Visualize facets").click()
+                expect(page.locator(".na-facet-img")).to_have_count(4, timeout=300_000)
+                page.locator(".na-facets-pane").scroll_into_view_if_needed()
+                page.wait_for_timeout(1000)
+                page.screenshot(path=OUT / "facets.png")
                 page.set_viewport_size({"width": 1400, "height": 2300})
                 page.get_by_text("Residual", exact=True).click()
                 page.get_by_role("button", name="Compute path plots").click()
@@ -39,7 +45,7 @@ def main() -> None:
                 browser.close()
         finally:
             stop(server)
-    print(f"wrote model.png, neurons.png and residual.png to {OUT}")
+    print(f"wrote model.png, neurons.png, facets.png and residual.png to {OUT}")
 
 
 if __name__ == "__main__":

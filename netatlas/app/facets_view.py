@@ -28,7 +28,7 @@ class FacetsView(param.Parameterized):
         self.state, self.current_unit, self.current_values = state, unit, values
         self.report: FacetReport | None = None
         self.k = pn.widgets.IntSlider(name="Facets k", start=1, end=10, value=4, width=160)
-        self.optimizer = pn.widgets.Select(name="Optimizer", options=OPTIMIZERS, width=330)
+        self.optimizer = pn.widgets.Select(name="Optimizer", options=OPTIMIZERS, width=300)
         self.start = pn.widgets.Select(name="Start from", options=STARTS, width=220)
         self.steps = pn.widgets.IntInput(name="Steps", value=200, start=10, end=2000, step=10, width=90,
                                          css_classes=["na-steps"])
@@ -80,8 +80,8 @@ class FacetsView(param.Parameterized):
             return io.BytesIO(path.read_bytes())
 
     def __panel__(self) -> pn.viewable.Viewable:
-        controls = pn.Row(self.k, self.optimizer, self.start, self.steps, self.diversity,
-                          pn.Column(pn.Spacer(height=18), self.run_button), sizing_mode="stretch_width")
+        controls = pn.FlexBox(self.k, self.optimizer, self.start, self.steps, self.diversity,
+                              pn.Column(pn.Spacer(height=18), self.run_button), sizing_mode="stretch_width")
         export = pn.Row(self.fmt, pn.Column(pn.Spacer(height=18), self.download))
         return pn.Column("#### Facets: synthetic images, one per kind of input the unit responds to",
                          controls, self.results, export, sizing_mode="stretch_width")
