@@ -172,6 +172,8 @@ def _refusal_message(path: Path, exc: Exception) -> str:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # legacy (non-zip) pickles cannot be inspected this way
         unsafe = []
+    # Code outside torch (the file's own classes, os, builtins) first: that is what the user must judge.
+    unsafe = sorted(set(unsafe), key=lambda name: (name.startswith("torch."), name))
     if not unsafe:  # the safe unpickler names the global it stopped at
         unsafe = re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc))
     if not unsafe:  # it stopped on something else: corrupt bytes, or a pickle torch.save did not write
