@@ -14,10 +14,12 @@ from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import load_checkpoint, read_sidecar
 from netatlas.backend.datasets import load_dataset
 from netatlas.backend.demo import demo_checkpoint
+from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.workspace import Workspace
 from netatlas.errors import NetatlasError
 
 DEMO_LABEL = "demo: residual CNN on MNIST"
+CHANNELS = {"as the sidecar says": None, "grayscale": True, "RGB": False}
 TRUST_HELP = ("Pickled checkpoints can run any code while loading. Tick only for files you made "
               "or fully trust; otherwise only tensors are read.")
 
@@ -38,6 +40,10 @@ class LoaderView(param.Parameterized):
                                                 sizing_mode="stretch_width")
         self.trust = pn.widgets.Checkbox(name="Trust pickled code (runs code from the file)",
                                          value=config.trust_pickle, disabled=not config.allow_trust_pickle)
+        self.pre_size = pn.widgets.TextInput(name="Input size (px)", placeholder="e.g. 224 or 28 28")
+        self.pre_gray = pn.widgets.Select(name="Channels", options=list(CHANNELS), value="as the sidecar says")
+        self.pre_mean = pn.widgets.TextInput(name="Mean", placeholder="e.g. 0.485 0.456 0.406")
+        self.pre_std = pn.widgets.TextInput(name="Std", placeholder="e.g. 0.229 0.224 0.225")
         self.dataset = pn.widgets.Select(name="Dataset", sizing_mode="stretch_width")
         self.load_button = pn.widgets.Button(name="Load", button_type="primary", sizing_mode="stretch_width")
         self.rescan = pn.widgets.Button(name="Rescan folders", button_type="light", sizing_mode="stretch_width")
@@ -92,6 +98,8 @@ class LoaderView(param.Parameterized):
         state, config = self.state, self.state.config
         ckpt_value, data_value = self.checkpoint.value, self.dataset.value
         arch, kwargs_text, trust = self.arch.value or None, self.arch_kwargs.value.strip(), self.trust.value
+        overrides = {"size": self.pre_size.value, "grayscale": CHANNELS[self.pre_gray.value],
+                     "mean": self.pre_mean.value, "std": self.pre_std.value}
 
         def work(progress):
             if arch and is_import_path(arch) and arch not in config.import_architectures():
@@ -102,8 +110,11 @@ class LoaderView(param.Parameterized):
             kwargs = parse_kwargs(kwargs_text) if kwargs_text else None
             launched = ckpt_value == config.checkpoint or (
                 config.checkpoint != "demo" and Path(ckpt_value) == Path(config.checkpoint).resolve())
+            preprocessing = parse_preprocessing(overrides, read_sidecar(ckpt).get("preprocessing", {}))
+            if preprocessing is None and launched:
+                preprocessing = config.preprocessing
             loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
-                                     preprocessing=config.preprocessing if launched else None)
+                                     preprocessing=preprocessing)
             dataset = load_dataset(data)
             workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device)
             workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
@@ -121,6 +132,10 @@ class LoaderView(param.Parameterized):
         return pn.Column(
             self.checkpoint, self.arch, self.arch_kwargs, self.trust,
             pn.pane.Markdown(TRUST_HELP, styles={"font-size": "11px", "color": "#666"}, margin=(0, 10)),
+            pn.Card(pn.pane.Markdown("Blank fields keep the sidecar's values (else torchvision's "
+                                     "ImageNet 224 RGB).", styles={"font-size": "11px"}),
+                    self.pre_size, self.pre_gray, self.pre_mean, self.pre_std, title="Preprocessing",
+                    collapsed=True, sizing_mode="stretch_width"),
             self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
             self.state.status,
             sizing_mode="stretch_width")
@@ -134,3 +149,23 @@ def parse_kwargs(text: str) -> dict:
     if not isinstance(value, dict):
         raise NetatlasError('architecture kwargs must be a JSON object, e.g. {"num_classes": 10}')
     return value
+
+
+def parse_preprocessing(fields: dict, sidecar: dict) -> Preprocessing | None:
+    """The page's preprocessing fields over the sidecar's block; None when every field is blank."""
+    given = {k: v for k, v in fields.items() if v not in (None, "") and not (isinstance(v, str) and not v.strip())}
+    if not given:
+        return None
+    values = {}
+    for key, text in given.items():
+        if key == "grayscale":
+            values[key] = text
+            continue
+        try:
+            numbers = [float(t) for t in text.replace(",", " ").split()]
+        except ValueError as exc:
+            raise NetatlasError(f"preprocessing {key} must be numbers separated by spaces, got {text!r}") from exc
+        if key == "size" and (len(numbers) not in (1, 2) or min(numbers) < 1):
+            raise NetatlasError(f"input size must be one or two positive numbers, got {text!r}")
+        values[key] = [int(n) for n in numbers] * (2 if len(numbers) == 1 else 1) if key == "size" else numbers
+    return Preprocessing.from_dict({**sidecar, **values})

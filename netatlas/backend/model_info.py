@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from netatlas.backend.activations import first_tensor, reduce_output
+from netatlas.errors import NetatlasError
 
 
 def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
@@ -36,7 +37,13 @@ def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFra
             handles = [m.register_forward_hook(hook_for(name)) for name, m in modules]
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with torch.inference_mode():
-            model.eval()(torch.zeros(input_shape, device=device))
+            try:
+                model.eval()(torch.zeros(input_shape, device=device))
+            except (RuntimeError, ValueError, TypeError) as exc:
+                raise NetatlasError(
+                    f"the model fails on a {'x'.join(map(str, input_shape))} input "
+                    f"({str(exc).splitlines()[0]}); give its input size and channels in the sidecar, "
+                    "with --size/--grayscale, or in the page's Preprocessing fields") from exc
     finally:
         for h in handles:
             h.remove()
