@@ -137,14 +137,8 @@ def preprocessing_from_args(args: argparse.Namespace, path: Path):
     from netatlas.backend.checkpoint import read_sidecar
     from netatlas.backend.preprocessing import Preprocessing
 
-    overrides = {k: v for k, v in {"size": args.size, "mean": args.mean, "std": args.std,
-                                   "grayscale": args.grayscale}.items() if v is not None}
-    if not overrides:
-        return None
-    if "size" in overrides and len(overrides["size"]) == 1:
-        overrides["size"] = overrides["size"][0]
     base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
-    return Preprocessing.from_dict({**base, **overrides})
+    return Preprocessing.overriding(base, size=args.size, mean=args.mean, std=args.std, grayscale=args.grayscale)
 
 
 def load_from_args(args: argparse.Namespace):
@@ -169,12 +163,12 @@ def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
         yield progress
 
 
-def workspace_from_args(args: argparse.Namespace, dataset):
+def workspace_from_args(args: argparse.Namespace, dataset, batch_size: int = 256):
     """The Workspace the model, cache and device arguments describe, over ``dataset``."""
     from netatlas.backend.cache import ResultCache
     from netatlas.backend.workspace import Workspace
 
-    return Workspace(load_from_args(args), dataset, ResultCache(args.cache_dir), args.device)
+    return Workspace(load_from_args(args), dataset, ResultCache(args.cache_dir), args.device, batch_size)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -195,15 +189,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
-    from netatlas.backend.cache import ResultCache
-    from netatlas.backend.datasets import load_dataset
-    from netatlas.backend.workspace import Workspace
 
-    loaded = load_from_args(args)
+    from netatlas.backend.datasets import load_dataset
+
     dataset = load_dataset(args.data)
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable files (first: {dataset.skipped[0]})", file=sys.stderr)
-    workspace = Workspace(loaded, dataset, ResultCache(args.cache_dir), args.device, args.batch_size)
+    workspace = workspace_from_args(args, dataset, args.batch_size)
     with progress_bar("extract", "img") as progress:
         acts = workspace.activations(args.layers, args.reduction, progress)
     args.output.parent.mkdir(parents=True, exist_ok=True)

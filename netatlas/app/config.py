@@ -66,8 +66,9 @@ class AppConfig:
 
 
 def is_loopback(address: str) -> bool:
-    if address in ("localhost", ""):
-        return address == "localhost"
+    """True for localhost and loopback IPs; an empty address binds every interface."""
+    if address == "localhost":
+        return True
     try:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:

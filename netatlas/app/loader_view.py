@@ -33,7 +33,7 @@ class LoaderView(param.Parameterized):
         config = state.config
         self.checkpoint = pn.widgets.Select(name="Checkpoint", sizing_mode="stretch_width")
         self.arch = pn.widgets.AutocompleteInput(
-            name="Architecture", options=config.import_architectures() + torchvision_names(),
+            name="Architecture", options=torchvision_names(),
             restrict=True, case_sensitive=False, min_characters=1, search_strategy="includes",
             placeholder="from the sidecar, or e.g. resnet18", sizing_mode="stretch_width")
         self.arch_kwargs = pn.widgets.TextInput(name="Architecture kwargs (JSON)", placeholder='{"num_classes": 10}',
@@ -57,6 +57,8 @@ class LoaderView(param.Parameterized):
     def scan(self) -> None:
         """List the checkpoints and datasets under the allowed roots (the only readable paths)."""
         roots = self.state.config.roots
+        self.import_archs = self.state.config.import_architectures()
+        self.arch.options = self.import_archs + torchvision_names()
         ckpts = {DEMO_LABEL: "demo"}
         ckpts.update({self._label(p): str(p) for p in roots.checkpoints() if p != demo_checkpoint()})
         data = {"demo: 5,000 MNIST digits": "demo"}
@@ -98,11 +100,12 @@ class LoaderView(param.Parameterized):
         state, config = self.state, self.state.config
         ckpt_value, data_value = self.checkpoint.value, self.dataset.value
         arch, kwargs_text, trust = self.arch.value or None, self.arch_kwargs.value.strip(), self.trust.value
+        allowed = self.import_archs
         overrides = {"size": self.pre_size.value, "grayscale": CHANNELS[self.pre_gray.value],
                      "mean": self.pre_mean.value, "std": self.pre_std.value}
 
         def work(progress):
-            if arch and is_import_path(arch) and arch not in config.import_architectures():
+            if arch and is_import_path(arch) and arch not in allowed:
                 raise NetatlasError(f"architecture {arch} was not offered by this server; start it "
                                     "with --arch for import paths of your own")
             ckpt = demo_checkpoint() if ckpt_value == "demo" else config.roots.check(ckpt_value)
@@ -153,19 +156,12 @@ def parse_kwargs(text: str) -> dict:
 
 def parse_preprocessing(fields: dict, sidecar: dict) -> Preprocessing | None:
     """The page's preprocessing fields over the sidecar's block; None when every field is blank."""
-    given = {k: v for k, v in fields.items() if v not in (None, "") and not (isinstance(v, str) and not v.strip())}
-    if not given:
-        return None
     values = {}
-    for key, text in given.items():
-        if key == "grayscale":
-            values[key] = text
-            continue
-        try:
-            numbers = [float(t) for t in text.replace(",", " ").split()]
-        except ValueError as exc:
-            raise NetatlasError(f"preprocessing {key} must be numbers separated by spaces, got {text!r}") from exc
-        if key == "size" and (len(numbers) not in (1, 2) or min(numbers) < 1):
-            raise NetatlasError(f"input size must be one or two positive numbers, got {text!r}")
-        values[key] = [int(n) for n in numbers] * (2 if len(numbers) == 1 else 1) if key == "size" else numbers
-    return Preprocessing.from_dict({**sidecar, **values})
+    for key, given in fields.items():
+        if isinstance(given, str):
+            try:
+                given = [float(t) for t in given.replace(",", " ").split()] or None
+            except ValueError as exc:
+                raise NetatlasError(f"preprocessing {key} must be numbers separated by spaces, got {given!r}") from exc
+        values[key] = given
+    return Preprocessing.overriding(sidecar, **values)

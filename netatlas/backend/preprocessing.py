@@ -44,14 +44,25 @@ class Preprocessing:
         """Build from a sidecar's ``preprocessing`` block; missing fields keep their defaults."""
         kw: dict[str, Any] = {}
         if "size" in d:
-            size = d["size"]
-            kw["size"] = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(map(int, size))
+            size = [int(v) for v in np.atleast_1d(d["size"])]
+            if len(size) not in (1, 2) or min(size) < 1:
+                raise NetatlasError(f"input size must be one or two positive numbers, got {d['size']}")
+            kw["size"] = (size[0], size[-1])
         if "grayscale" in d:
             kw["grayscale"] = bool(d["grayscale"])
         for key in ("mean", "std"):
             if key in d:
                 kw[key] = tuple(float(v) for v in np.atleast_1d(d[key]))
         return cls(**kw)
+
+    @classmethod
+    def overriding(cls, base: dict[str, Any], **overrides: Any) -> "Preprocessing | None":
+        """``base`` (a sidecar block) with the given fields replaced; None when none is given.
+
+        The CLI flags and the page's fields both come through here, so they mean the same thing.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.from_dict({**base, **given}) if given else None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

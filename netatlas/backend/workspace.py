@@ -82,23 +82,22 @@ class Workspace:
         return Activations(logits, predictions, {name: values[name] for name in layers}, reduction)
 
     def _write(self, fresh: Activations, layers: list[str], reduction: Reduction) -> None:
+        self.cache.write("outputs", self._inputs(), pa.table(self._output_columns(fresh)),
+                         float_columns=("logits",))
         index = pa.array(np.arange(len(self.dataset)))
-        self.cache.write("outputs", self._inputs(), pa.table({
-            "index": index, "id": pa.array(self.dataset.ids), "label": pa.array(self.dataset.labels),
-            "prediction": pa.array(fresh.predictions), "logits": vectors_to_arrow(fresh.logits),
-        }), float_columns=("logits",))
         for name in layers:
             self.cache.write("activations", self._inputs(layer=name, reduction=reduction),
                              pa.table({"index": index, "values": vectors_to_arrow(fresh.layers[name])}),
                              float_columns=("values",))
 
+    def _output_columns(self, activations: Activations) -> dict[str, pa.Array]:
+        return {"index": pa.array(np.arange(len(self.dataset))), "id": pa.array(self.dataset.ids),
+                "label": pa.array(self.dataset.labels), "prediction": pa.array(activations.predictions),
+                "logits": vectors_to_arrow(activations.logits)}
+
     def table(self, activations: Activations) -> pa.Table:
         """One row per image: ids, labels, prediction, logits and one vector column per layer."""
-        columns = {
-            "index": pa.array(np.arange(len(self.dataset))), "id": pa.array(self.dataset.ids),
-            "label": pa.array(self.dataset.labels), "prediction": pa.array(activations.predictions),
-            "logits": vectors_to_arrow(activations.logits),
-        }
+        columns = self._output_columns(activations)
         columns.update({name: vectors_to_arrow(v) for name, v in activations.layers.items()})
         return pa.table(columns)
 
