@@ -73,6 +73,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_args(featviz)
     featviz.set_defaults(run=cmd_featviz)
 
+    from netatlas.backend.cluster_tree import TreeSettings  # numpy and scipy only: --help stays quick
+
+    cluster = sub.add_parser("cluster", help="the dataset's cluster tree (DendroMap), cached in Parquet")
+    add_model_args(cluster)
+    cluster.add_argument("data", help="image folder, .npz file, or 'demo'")
+    cluster.add_argument("--layer", default=None,
+                         help="representation to cluster (default: the penultimate layer; '' for the logits)")
+    cluster.add_argument("--reduction", choices=("mean", "max"), default="mean")
+    cluster.add_argument("-k", type=int, default=8, help="top-level clusters to list (default 8)")
+    cluster.add_argument("--exact-threshold", type=int, default=TreeSettings.exact_threshold,
+                         help="exact Ward up to this many images, micro-clusters above (default %(default)s)")
+    cluster.add_argument("--micro-size", type=int, default=TreeSettings.micro_size,
+                         help="images per k-means micro-cluster above the threshold (default %(default)s)")
+    cluster.add_argument("-o", "--output", type=Path, default=None,
+                         help="also write the tree's node table (one row per node) to this .parquet")
+    add_cache_args(cluster)
+    cluster.set_defaults(run=cmd_cluster)
+
     serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
     add_serve_args(serve)
     serve.set_defaults(run=cmd_serve)
@@ -263,6 +281,40 @@ def cmd_featviz(args: argparse.Namespace) -> int:
         save_card(card, out / f"neuron_card.{fmt}")
     print(f"wrote {len(report.images)} facets and neuron_card.png/svg/pdf to {out}: activation / dataset max "
           f"{', '.join(f'{r:.2f}' for r in report.ratio)}; diversity {report.diversity:.3f}")
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    import numpy as np
+
+    from netatlas.backend.cluster_tree import TreeSettings
+    from netatlas.backend.datasets import load_dataset
+
+    if args.exact_threshold < 1 or args.micro_size < 2 or not 1 <= args.k <= 1000:
+        raise NetatlasError("--exact-threshold must be >= 1, --micro-size >= 2 and -k between 1 and 1000")
+    dataset = load_dataset(args.data)
+    workspace = workspace_from_args(args, dataset)
+    settings = TreeSettings(exact_threshold=args.exact_threshold, micro_size=args.micro_size)
+    with progress_bar("cluster", "step") as progress:
+        tree = workspace.cluster_tree(args.layer, args.reduction, settings, progress)
+    meta = tree.meta
+    print(f"{meta['method']} tree of {tree.n_images:,} images on {meta.get('layer') or 'the logits'} "
+          f"({meta['dims']} dims) in {meta['seconds']:.2f} s"
+          + (f", {meta['micro_clusters']:,} micro-clusters" if meta["micro_clusters"] else ""))
+    print(f"{'node':>8} {'images':>8} {'accuracy':>9} {'height':>10}  majority class         medoid")
+    for node in tree.frontier(tree.root, args.k):
+        counts = tree.classes_of(node, dataset.labels, len(dataset.classes))
+        major = int(np.argmax(counts)) if counts.sum() else -1
+        share = f"{dataset.class_name(major)} ({counts[major] / counts.sum():.0%})" if major >= 0 else "-"
+        acc = tree.accuracy[node]
+        print(f"{node:>8} {tree.count[node]:>8,} {'-' if np.isnan(acc) else f'{acc:.1%}':>9} "
+              f"{tree.height[node]:>10.4g}  {share:<22} {dataset.ids[tree.medoid[node]]}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(tree.to_table(), args.output, compression="zstd")
+        print(f"wrote {args.output}: {len(tree.left):,} nodes (leaves 0..{tree.n_images - 1} are the images)")
     return 0
 
 

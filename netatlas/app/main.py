@@ -6,6 +6,7 @@ import holoviews as hv
 import panel as pn
 
 from netatlas.app.config import AppConfig
+from netatlas.app.dendromap_view import DendroMapView
 from netatlas.app.loader_view import LoaderView
 from netatlas.app.model_view import ModelView
 from netatlas.app.neurons_view import NeuronsView
@@ -28,8 +29,15 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     load_extensions()
     state = AppState(config)
     loader = LoaderView(state)
-    tabs = pn.Tabs(("Model", ModelView(state)), ("Neurons", NeuronsView(state)),
+    neurons = NeuronsView(state)
+    dendromap = DendroMapView(state, neurons)
+    tabs = pn.Tabs(("Model", ModelView(state)), ("Neurons", neurons), ("DendroMap", dendromap),
                    ("Residual", ResidualView(state)), dynamic=False, sizing_mode="stretch_width")
+
+    async def on_tab(event) -> None:  # the tree is built when its tab is first shown
+        dendromap.shown = event.new == 2
+        await dendromap.activate()
+    tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[tabs], sidebar_width=320,
         accent_base_color="#3b6ea8", header_background="#2c4f7c")

@@ -45,6 +45,7 @@ class NeuronsView(param.Parameterized):
         self.histogram = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
         self.class_means = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
         self.facets = FacetsView(state, self.current_unit, self.current_values)
+        self.rendered: list = []  # callbacks after each render: other views that follow the unit
         state.param.watch(self._on_workspace, "workspace")
         self.layer.param.watch(self._on_layer, "value")
         self.reduction.param.watch(self._on_layer, "value")
@@ -123,6 +124,8 @@ class NeuronsView(param.Parameterized):
             f"**{title}** ({self.reduction.value} over space) · mean {column.mean():.4g} · "
             f"sd {column.std():.4g} · min {column.min():.4g} · max {column.max():.4g} · "
             f"{(column > 0).mean():.1%} of images > 0")
+        for callback in self.rendered:
+            callback()
 
     def _grid(self, indices: np.ndarray, column: np.ndarray, css_class: str) -> str:
         dataset = self.workspace.dataset

@@ -11,6 +11,7 @@ import sys
 import panel as pn
 from tornado.web import RequestHandler
 
+from netatlas.app import thumbnails
 from netatlas.app.config import AppConfig
 
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
@@ -49,7 +50,9 @@ def serve(args: argparse.Namespace) -> None:
     show = args.show if args.show is not None else bool(os.environ.get("DISPLAY"))
     origins = [f"{h}:{args.port}" for h in hosts if ":" not in h.strip("[]")]
     server = pn.serve(lambda: create_app(config), port=args.port, address=args.address, show=False,
-                      title="netatlas", websocket_origin=origins, threaded=False, start=False)
+                      title="netatlas", websocket_origin=origins, threaded=False, start=False,
+                      extra_patterns=[(thumbnails.ROUTE, thumbnails.ThumbnailHandler)])
+    thumbnails.enable_route()
     restrict_hosts(server, hosts)
     url = f"http://{'localhost' if config.loopback else hosts[0]}:{args.port}/"
     print(f"netatlas: serving {url} (checkpoint {args.checkpoint}, data {args.data}; Ctrl-C to stop)",

@@ -17,6 +17,7 @@ from netatlas.backend.activations import Activations, Progress, Reduction, extra
     resolve_device
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
+from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
 from netatlas.backend.datasets import ImageDataset
 from netatlas.backend.facets import FacetReport, FacetSettings, build_facets, penultimate_layer
 from netatlas.backend.featviz import FeatvizSettings, Objective
@@ -29,6 +30,7 @@ from netatlas.errors import NetatlasError
 ACTIVATIONS_VERSION = 1
 RESIDUAL_VERSION = 2
 FACETS_VERSION = 1
+CLUSTER_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
 
 
@@ -153,3 +155,32 @@ class Workspace:
                                   facet_settings, featviz_settings, progress)
         self.cache.write("facets", inputs, report.to_table())
         return report
+
+    def representation_layer(self) -> str:
+        """The default representation to cluster: the penultimate code, else the logits ("")."""
+        return penultimate_layer(self.loaded.model) or ""
+
+    def representation(self, layer: str | None = None, reduction: Reduction = "mean",
+                       progress: Progress | None = None) -> tuple[str, np.ndarray, Activations]:
+        """(layer, [N, D] vectors, activations) of ``layer`` (None: the default; "": the logits)."""
+        layer = self.representation_layer() if layer is None else layer
+        acts = self.activations([layer] if layer else [], reduction, progress)
+        return layer, (acts.layers[layer] if layer else acts.logits), acts
+
+    def cluster_tree(self, layer: str | None = None, reduction: Reduction = "mean",
+                     settings: TreeSettings = TreeSettings(), progress: Progress | None = None) -> ClusterTree:
+        """The dataset's cluster tree on ``layer``'s representation, cached in Parquet."""
+        layer, x, acts = self.representation(layer, reduction, progress)
+        inputs = self._inputs(analysis="cluster-tree", cluster_version=CLUSTER_VERSION, layer=layer,
+                              reduction=reduction, settings=asdict(settings))
+        cached = self.cache.read("cluster", inputs)
+        if cached is not None:
+            try:
+                return ClusterTree.from_table(cached)
+            except (KeyError, ValueError, pa.ArrowException):
+                pass                               # an older or foreign table: rebuild it
+        tree = build_cluster_tree(x, self.dataset.labels, acts.predictions, len(self.dataset.classes),
+                                  settings, device=str(self.device), progress=progress)
+        tree.meta["layer"] = layer
+        self.cache.write("cluster", inputs, tree.to_table())
+        return tree
