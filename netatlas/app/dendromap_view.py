@@ -54,7 +54,8 @@ class DendroMapView(param.Parameterized):
                                                          button_style="outline", width=240)
         self.true_label = pn.widgets.Select(name="True label", options=[ANY], width=120, css_classes=["na-true"])
         self.predicted = pn.widgets.Select(name="Predicted", options=[ANY], width=120, css_classes=["na-pred"])
-        self.wrong_only = pn.widgets.Checkbox(name="misclassified only", width=140, margin=(30, 10, 5, 10))
+        self.wrong_only = pn.widgets.Checkbox(name="misclassified only", width=140, margin=(30, 10, 5, 10),
+                                              css_classes=["na-wrong-only"])
         self.search = pn.widgets.TextInput(name="Search ids and metadata", placeholder="e.g. 0042 or test",
                                            width=200, css_classes=["na-search"])
         self.breadcrumbs = pn.Row(sizing_mode="stretch_width", css_classes=["na-breadcrumbs"])

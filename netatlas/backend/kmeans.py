@@ -85,7 +85,10 @@ def principal_components(x: torch.Tensor, dims: int, sample: int = 20_000,
 
 def micro_clusters(x: np.ndarray, m: int, seed: int = 0, device: str | torch.device = "cpu",
                    sample_per_cluster: int = 32, dims: int = 64) -> np.ndarray:
-    """Labels 0..m'-1 (m' <= m, every label used) splitting the rows of ``x`` into ~m micro-clusters."""
+    """Labels 0..m'-1 (every label used) splitting the rows of ``x`` into ~m micro-clusters.
+
+    m' is m give or take rounding: each of the ~sqrt(m) coarse clusters gets a rounded share (at least
+    one), so m' can exceed m by up to round(sqrt(m)); it is below m when k-means drops empty clusters."""
     n = len(x)
     generator = torch.Generator().manual_seed(seed)
     points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
