@@ -1,6 +1,7 @@
 """Regenerate the README's screenshots: serve the demo, open each view in headless Chromium.
 
-    .venv/bin/python docs/make_screenshots.py
+    .venv/bin/python docs/make_screenshots.py              # every view
+    .venv/bin/python docs/make_screenshots.py dendromap    # only the named ones
 """
 
 from __future__ import annotations
@@ -17,7 +18,53 @@ from tests.browser.conftest import CHROMIUM, CHROMIUM_FLAGS, open_app, start_ser
 OUT = Path(__file__).resolve().parent / "img"
 
 
-def main() -> None:
+def model(page) -> None:
+    page.screenshot(path=OUT / "model.png")
+
+
+def neurons(page) -> None:
+    page.get_by_text("Neurons", exact=True).click()
+    expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=OUT / "neurons.png")
+
+
+def facets(page) -> None:
+    page.get_by_text("Neurons", exact=True).click()
+    page.set_viewport_size({"width": 1400, "height": 1700})
+    page.get_by_role("button", name="Visualize facets").click()
+    expect(page.locator(".na-facet-img")).to_have_count(4, timeout=300_000)
+    page.locator(".na-facets-pane").scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=OUT / "facets.png")
+
+
+def dendromap(page) -> None:
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.get_by_text("DendroMap", exact=True).click()
+    expect(page.locator(".na-tile")).to_have_count(8, timeout=120_000)
+    page.locator(".na-tile").nth(4).locator(".na-head").click()
+    expect(page.locator(".na-crumb")).to_have_count(2, timeout=30_000)
+    page.wait_for_timeout(1500)
+    page.locator(".na-img").nth(5).click()
+    expect(page.locator(".na-neighbours img")).to_have_count(8, timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=OUT / "dendromap.png")
+
+
+def residual(page) -> None:
+    page.set_viewport_size({"width": 1400, "height": 2300})
+    page.get_by_text("Residual", exact=True).click()
+    page.get_by_role("button", name="Compute path plots").click()
+    expect(page.locator(".na-residual-plot")).to_have_count(4, timeout=180_000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=OUT / "residual.png")
+
+
+VIEWS = {"model": model, "neurons": neurons, "facets": facets, "dendromap": dendromap, "residual": residual}
+
+
+def main(names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(Path(tmp))
         try:
@@ -25,28 +72,13 @@ def main() -> None:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
                 page = browser.new_page(viewport={"width": 1400, "height": 950})
                 open_app(page, server.url)
-                page.screenshot(path=OUT / "model.png")
-                page.get_by_text("Neurons", exact=True).click()
-                expect(page.locator(".na-grid-top img")).to_have_count(16, timeout=60_000)
-                page.wait_for_timeout(1500)
-                page.screenshot(path=OUT / "neurons.png")
-                page.set_viewport_size({"width": 1400, "height": 1700})
-                page.get_by_role("button", name="Visualize facets").click()
-                expect(page.locator(".na-facet-img")).to_have_count(4, timeout=300_000)
-                page.locator(".na-facets-pane").scroll_into_view_if_needed()
-                page.wait_for_timeout(1000)
-                page.screenshot(path=OUT / "facets.png")
-                page.set_viewport_size({"width": 1400, "height": 2300})
-                page.get_by_text("Residual", exact=True).click()
-                page.get_by_role("button", name="Compute path plots").click()
-                expect(page.locator(".na-residual-plot")).to_have_count(4, timeout=180_000)
-                page.wait_for_timeout(2000)
-                page.screenshot(path=OUT / "residual.png")
+                for name in names:
+                    VIEWS[name](page)
                 browser.close()
         finally:
             stop(server)
-    print(f"wrote model.png, neurons.png, facets.png and residual.png to {OUT}")
+    print(f"wrote {', '.join(f'{n}.png' for n in names)} to {OUT}")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:] or list(VIEWS))

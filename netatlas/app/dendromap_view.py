@@ -28,7 +28,7 @@ from netatlas.viz.dendromap import MapData, dendromap_frame, node_means
 from netatlas.viz.images import image_grid_html
 from netatlas.viz.treemap import legend_html
 
-MAP_WIDTH, MAP_HEIGHT = 760, 560
+MAP_WIDTH, MAP_HEIGHT = 680, 520
 ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
 
@@ -65,9 +65,9 @@ class DendroMapView(param.Parameterized):
                                    css_classes=["na-dendromap"])
         self.summary = pn.pane.Markdown("Open this tab to cluster the dataset.", sizing_mode="stretch_width",
                                         css_classes=["na-cluster-summary"])
-        self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
+        self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False, layout="fit_columns",
                                             hidden_columns=["label"], height=240, sizing_mode="stretch_width", css_classes=["na-classes"])
-        self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
+        self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False, layout="fit_columns",
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"])
         self.detail = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-image-detail"])
         self.export = pn.widgets.FileDownload(callback=self._export_csv, filename="cluster.csv",
@@ -318,6 +318,7 @@ class DendroMapView(param.Parameterized):
         filters = pn.FlexBox(self.true_label, self.predicted, self.wrong_only, self.search)
         side = pn.Column(self.summary, "#### Classes (choose a row to highlight)", self.classes,
                          "#### Top units (Neurons tab layer; choose to colour)", self.units, self.export,
-                         self.detail, width=340)
+                         width=340)
         return pn.Column(controls, filters, self.breadcrumbs, self.legend,
-                         pn.Row(self.treemap, side), sizing_mode="stretch_width")
+                         pn.Row(pn.Column(self.treemap, self.detail, width=MAP_WIDTH + 10), side),
+                         sizing_mode="stretch_width")

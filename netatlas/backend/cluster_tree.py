@@ -298,7 +298,7 @@ def _small_tree(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     score = np.diagonal(gram)[order][:, None] - 2.0 * (prefix[:, s + c] - prefix[:, s]) / c
     pos = np.arange(n)[:, None]
     score[(pos < s) | (pos >= s + c)] = np.inf
-    return z, order[score.argmax(axis=0)]
+    return z, order[score.argmin(axis=0)]
 
 
 def _nearest_in_range(points: np.ndarray, centroids: np.ndarray, starts: np.ndarray,

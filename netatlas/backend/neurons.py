@@ -35,5 +35,5 @@ def top_units(values: np.ndarray, members: np.ndarray, k: int = 10) -> pd.DataFr
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(spread > 0, (inside - overall) / spread, 0.0)
     best = np.argsort(-score, kind="stable")[:k]
-    return pd.DataFrame({"unit": best, "cluster mean": inside[best], "dataset mean": overall[best],
+    return pd.DataFrame({"unit": best, "in cluster": inside[best], "dataset": overall[best],
                          "excess (sd)": score[best]})
