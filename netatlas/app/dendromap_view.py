@@ -65,10 +65,13 @@ class DendroMapView(param.Parameterized):
                                    css_classes=["na-dendromap"])
         self.summary = pn.pane.Markdown("Open this tab to cluster the dataset.", sizing_mode="stretch_width",
                                         css_classes=["na-cluster-summary"])
-        self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False, layout="fit_columns",
-                                            hidden_columns=["label"], height=240, sizing_mode="stretch_width", css_classes=["na-classes"])
-        self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False, layout="fit_columns",
-                                          height=200, sizing_mode="stretch_width", css_classes=["na-top-units"])
+        self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
+                                            hidden_columns=["label"], height=240, sizing_mode="stretch_width",
+                                            widths={"class": 70, "count": 60, "accuracy": 72, "FNR": 58, "FPR": 58},
+                                            css_classes=["na-classes"])
+        self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
+                                          height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
+                                          widths={"unit": 50, "in cluster": 80, "dataset": 72, "excess (sd)": 88})
         self.detail = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-image-detail"])
         self.export = pn.widgets.FileDownload(callback=self._export_csv, filename="cluster.csv",
                                               label="Export images as CSV", button_type="light",
