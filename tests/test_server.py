@@ -37,3 +37,12 @@ def test_forged_host_is_refused_page_and_websocket(server):
     assert get(server, "/", f"evil.example:{port}") == 403
     assert get(server, "/ws", f"evil.example:{port}") == 403
     assert server.alive()
+
+
+def test_thumbnails_only_for_registered_datasets_and_own_host(server):
+    """The thumbnail route answers 404 for a dataset no session opened, and 403 to a foreign Host."""
+    port = server.url.rstrip("/").rsplit(":", 1)[1]
+    assert get(server, "/thumb/0123456789abcdef/0.png", f"localhost:{port}") == 404
+    assert get(server, "/thumb/0123456789abcdef/0.png", f"evil.example:{port}") == 403
+    assert get(server, "/thumb/../../etc/passwd", f"localhost:{port}") == 404
+    assert server.alive()
