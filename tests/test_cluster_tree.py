@@ -407,8 +407,8 @@ def test_top_units_rank_by_excess_in_dataset_standard_deviations():
     assert table["unit"].iloc[0] == 4
     np.testing.assert_array_equal(table["unit"], np.argsort(-score, kind="stable"))
     np.testing.assert_allclose(table["excess (sd)"], np.sort(score)[::-1], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(table["cluster mean"], inside[table["unit"]])
-    np.testing.assert_allclose(table["dataset mean"], overall[table["unit"]])
+    np.testing.assert_allclose(table["in cluster"], inside[table["unit"]])
+    np.testing.assert_allclose(table["dataset"], overall[table["unit"]])
     assert len(top_units(values, members, k=2)) == 2
 
 

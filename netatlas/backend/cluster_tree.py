@@ -189,7 +189,7 @@ def build_cluster_tree(x: np.ndarray, labels: np.ndarray | None = None, predicti
                        device: str = "cpu", progress: Progress | None = None) -> ClusterTree:
     """The cluster tree of the rows of ``x`` [N, D] (see the module docstring for the method)."""
     x = np.asarray(x)
-    n = len(x)
+    n = len(x) if x.ndim else 0
     if n < 1 or x.ndim != 2:
         raise NetatlasError(f"clustering needs a non-empty [N, D] array of vectors, got shape {x.shape}")
     if not np.isfinite(x).all():

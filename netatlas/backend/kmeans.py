@@ -10,6 +10,7 @@ instead of O(N * m * D).
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ def micro_clusters(x: np.ndarray, m: int, seed: int = 0, device: str | torch.dev
     one), so m' can exceed m by up to round(sqrt(m)); it is below m when k-means drops empty clusters."""
     n = len(x)
     generator = torch.Generator().manual_seed(seed)
-    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
+    with warnings.catch_warnings():  # a read-only (cached, memory-mapped) array: we never write to it
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device)
     points = principal_components(points, dims, generator=generator)
     k1 = max(1, min(n, round(math.sqrt(m))))
     coarse = assign(points, kmeans(points, k1, sample=sample_per_cluster * k1, generator=generator))
