@@ -43,6 +43,7 @@ class DendroMapView(param.Parameterized):
         self.path: list[int] = []                    # zoom history: root first, current last
         self.image: int | None = None
         self._search_keys: np.ndarray | None = None
+        self._unit_means: tuple = (None, None, None)  # (key, node -> mean, value range) of the colouring unit
         self.layer = pn.widgets.Select(name="Representation", width=250, css_classes=["na-rep"])
         self.k = pn.widgets.IntSlider(name="Clusters", start=2, end=20, value=8, width=170)
         self.cell = pn.widgets.IntSlider(name="Thumbnail size", start=16, end=96, step=4, value=40, width=170)
@@ -204,7 +205,8 @@ class DendroMapView(param.Parameterized):
         self.render()
 
     def _on_neuron(self) -> None:
-        if COLOR_BY[self.color_by.value] == "neuron" or self.tree is not None:
+        """The Neurons tab's unit changed: its colouring and the top-units table follow."""
+        if self.tree is not None:
             self.render()
 
     def _unit_colouring(self):
@@ -212,8 +214,11 @@ class DendroMapView(param.Parameterized):
         if values is None or self.tree is None or len(values) != self.tree.n_images:
             return None, None, "no unit chosen in the Neurons tab"
         layer, unit = self.neurons.current_unit()
-        return node_means(self.tree, values), (float(values.min()), float(values.max())), \
-            f"mean activation of unit {unit} of {layer or 'the logits'}"
+        key = (id(self.tree), layer, unit, self.neurons.reduction.value)
+        if self._unit_means[0] != key:                # prefix sums once per unit, not per frame
+            self._unit_means = (key, node_means(self.tree, values), (float(values.min()), float(values.max())))
+        _, means, value_range = self._unit_means
+        return means, value_range, f"mean activation of unit {unit} of {layer or 'the logits'}"
 
     # ----------------------------------------------------------------------------- render
     def render(self) -> None:

@@ -6,7 +6,8 @@ range ``order[start:start + count]``, so a cluster's images, class counts or mea
 one slice away, at any size.
 
 Up to ``exact_threshold`` points the tree is exact Ward (scipy's heights). Above it the points are
-split by k-means into micro-clusters of about ``micro_size`` points; Ward on the micro-clusters'
+split by k-means into micro-clusters of about ``micro_size`` points (at most ``MAX_MICRO`` of them:
+Ward on the centroids holds an m x m matrix); Ward on the micro-clusters'
 centroids weighted by their sizes builds the tree above them and exact Ward on each micro-cluster's
 own points the tree below. Memory stays O(N*D): no N x N matrix is ever formed.
 """
@@ -30,7 +31,7 @@ from netatlas.errors import NetatlasError
 Progress = Callable[[int, int], None]
 EXACT_THRESHOLD = 20_000
 MICRO_SIZE = 100
-MAX_MICRO = 10_000
+MAX_MICRO = 5_000
 MAX_CLASS_COUNTS = 1 << 27   # per-node class counts are stored up to this many entries (512 MB)
 _SMALL = 1024          # nodes' medoids are found with one masked matrix product up to this many points
 _META = b"netatlas.cluster.meta"

@@ -86,6 +86,8 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     # Colour by a class's share, then back to accuracy: the legend follows.
     page.locator(".na-color-by select").select_option("Share of a class")
     expect(page.locator(".na-legend")).to_contain_text("share of class", timeout=30_000)
+    page.locator(".na-color-by select").select_option("Neuron (from the Neurons tab)")
+    expect(page.locator(".na-legend")).to_contain_text("mean activation of unit", timeout=30_000)
     page.locator(".na-color-by select").select_option("Accuracy")
     expect(page.locator(".na-legend")).to_contain_text("accuracy", timeout=30_000)
 
