@@ -25,7 +25,7 @@ from netatlas.backend.class_stats import class_stats
 from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
 from netatlas.backend.kmeans import micro_clusters
 from netatlas.backend.neighbors import nearest_neighbors
-from netatlas.backend.neurons import top_units
+from netatlas.backend.neurons import top_units, unit_baseline
 from netatlas.backend.ward import condensed_distances, ward_distances, ward_linkage, weighted_ward
 from netatlas.backend.workspace import Workspace
 from netatlas.cli import main
@@ -410,6 +410,20 @@ def test_top_units_rank_by_excess_in_dataset_standard_deviations():
     np.testing.assert_allclose(table["in cluster"], inside[table["unit"]])
     np.testing.assert_allclose(table["dataset"], overall[table["unit"]])
     assert len(top_units(values, members, k=2)) == 2
+
+
+def test_unit_baseline_and_sampled_top_units_match_numpy():
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(5000, 7)).astype(np.float32) * np.arange(1, 8) + 100.0
+    mean, sd = unit_baseline(values, block=999)
+    np.testing.assert_allclose(mean, values.astype(np.float64).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(sd, values.astype(np.float64).std(0), rtol=1e-9)
+    members = np.arange(4000)
+    values[members, 3] += 2.0 * sd[3]
+    exact = values[members].astype(np.float64).mean(0)
+    table = top_units(values, members, k=7, sample=1000)      # estimated from 1,000 of 4,000 members
+    assert table["unit"].iloc[0] == 3
+    np.testing.assert_allclose(table.set_index("unit")["in cluster"].sort_index(), exact, atol=0.15 * sd.max())
 
 
 # ------------------------------------------------------------------------------- bad input

@@ -22,7 +22,7 @@ from netatlas.app.treemap_pane import TreemapPane
 from netatlas.backend.class_stats import class_stats
 from netatlas.backend.cluster_tree import ClusterTree
 from netatlas.backend.neighbors import nearest_neighbors
-from netatlas.backend.neurons import top_units
+from netatlas.backend.neurons import top_units, unit_baseline
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.dendromap import MapData, dendromap_frame, node_means
 from netatlas.viz.images import image_grid_html
@@ -43,6 +43,7 @@ class DendroMapView(param.Parameterized):
         self.path: list[int] = []                    # zoom history: root first, current last
         self.image: int | None = None
         self._search_keys: np.ndarray | None = None
+        self._baseline: tuple = (None, None)          # (values, their per-unit mean and sd)
         self._unit_means: tuple = (None, None, None)  # (key, node -> mean, value range) of the colouring unit
         self.layer = pn.widgets.Select(name="Representation", width=250, css_classes=["na-rep"])
         self.k = pn.widgets.IntSlider(name="Clusters", start=2, end=20, value=8, width=170)
@@ -273,7 +274,9 @@ class DendroMapView(param.Parameterized):
             self.classes.selection = selection
         values = self.neurons.values
         if values is not None and len(values) == tree.n_images:
-            self.units.value = top_units(values, images, 10).round(4)
+            if self._baseline[0] is not values:          # once per layer, not per zoom
+                self._baseline = (values, unit_baseline(values))
+            self.units.value = top_units(values, images, 10, self._baseline[1]).round(4)
         self.export.filename = f"cluster_{node}.csv"
 
     # ----------------------------------------------------------------------------- side panel actions

@@ -11,19 +11,22 @@ def class_stats(labels: np.ndarray, predictions: np.ndarray, class_names: list[s
 
     FNR = images of the class predicted as another / images of the class; FPR = images of other
     classes predicted as this one / images of other classes (NaN where a denominator is zero).
+    Three bincounts, so a million images cost milliseconds whatever the number of classes.
     """
     labels, predictions = np.asarray(labels), np.asarray(predictions)
     known = labels >= 0
     labels, predictions = labels[known], predictions[known]
-    rows = []
-    for c in np.unique(labels):
-        mine = labels == c
-        others = ~mine
-        hit = int((predictions[mine] == c).sum())
-        false_pos = int((predictions[others] == c).sum())
-        rows.append({"class": class_names[c] if c < len(class_names) else str(c), "label": int(c),
-                     "count": int(mine.sum()), "accuracy": hit / mine.sum(),
-                     "FNR": 1 - hit / mine.sum(),
-                     "FPR": false_pos / others.sum() if others.any() else np.nan})
-    return pd.DataFrame(rows, columns=["class", "label", "count", "accuracy", "FNR", "FPR"]).sort_values(
-        "count", ascending=False, kind="stable").reset_index(drop=True)
+    size = max(len(class_names), int(labels.max()) + 1 if len(labels) else 0,
+               int(predictions.max()) + 1 if len(predictions) else 0)
+    count = np.bincount(labels, minlength=size)
+    hits = np.bincount(labels[predictions == labels], minlength=size)
+    predicted = np.bincount(predictions[predictions >= 0], minlength=size)
+    present = np.flatnonzero(count)
+    others = len(labels) - count[present]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = hits[present] / count[present]
+        fpr = np.where(others > 0, (predicted[present] - hits[present]) / np.maximum(others, 1), np.nan)
+    frame = pd.DataFrame({
+        "class": [class_names[c] if c < len(class_names) else str(c) for c in present],
+        "label": present, "count": count[present], "accuracy": recall, "FNR": 1 - recall, "FPR": fpr})
+    return frame.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)

@@ -23,15 +23,32 @@ def class_means(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> p
     return pd.DataFrame(rows, columns=["class", "mean", "std", "count"])
 
 
-def top_units(values: np.ndarray, members: np.ndarray, k: int = 10) -> pd.DataFrame:
+def unit_baseline(values: np.ndarray, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's mean and standard deviation over the dataset (float64, two passes in row blocks)."""
+    def blocks():
+        for start in range(0, len(values), block):
+            yield np.asarray(values[start:start + block], dtype=np.float64)
+    mean = sum(chunk.sum(0) for chunk in blocks()) / len(values)
+    variance = sum(((chunk - mean) ** 2).sum(0) for chunk in blocks()) / len(values)
+    return mean, np.sqrt(variance)
+
+
+def top_units(values: np.ndarray, members: np.ndarray, k: int = 10,
+              baseline: tuple[np.ndarray, np.ndarray] | None = None, sample: int = 20_000,
+              seed: int = 0) -> pd.DataFrame:
     """The units whose mean over ``members`` most exceeds their mean over the dataset.
 
     Ranked by the excess in units of the dataset's standard deviation, so that units of very
-    different scales compare; the raw means are in the table too.
+    different scales compare; the raw means are in the table too. ``baseline`` (from
+    ``unit_baseline``) saves a pass over the dataset per call; a cluster larger than ``sample``
+    is averaged over a seeded sample of that many members (a standard error of under 1% of a
+    standard deviation), so the cost does not grow with the cluster.
     """
-    values = np.asarray(values, dtype=np.float64)
-    overall, spread = values.mean(0), values.std(0)
-    inside = values[np.asarray(members)].mean(0)
+    members = np.asarray(members)
+    if len(members) > sample:
+        members = np.random.default_rng(seed).choice(members, sample, replace=False)
+    overall, spread = baseline if baseline is not None else unit_baseline(values)
+    inside = np.asarray(values[np.sort(members)], dtype=np.float64).mean(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         score = np.where(spread > 0, (inside - overall) / spread, 0.0)
     best = np.argsort(-score, kind="stable")[:k]
