@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import pdist
 
+from machine_load import OtherLoad  # bench/ is on sys.path when run as a script
 from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
 
 DIMS, LATENT, CLASSES, MODES = 512, 32, 10, 5
@@ -121,33 +122,9 @@ def write_mixture(folder: Path, n: int) -> Path:
 
 # ------------------------------------------------------------------------------------------ machine
 
-class OtherLoad:
-    """Share of all cores that other processes used since creation (Linux; None elsewhere).
-
-    Counts this process and the children it waited for as its own, so a part run in a child
-    process is not mistaken for outside load.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [float(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
-        t = os.times()
-        return busy, t.user + t.system + t.children_user + t.children_system, time.perf_counter()
-
-    def report(self, name: str) -> None:
-        end = self._sample()
-        if self.start is None or end is None:
-            return
-        busy, mine, wall = (e - s for e, s in zip(end, self.start))
-        share = max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
+def report_load(load: OtherLoad, name: str) -> None:
+    share = load.share()
+    if share is not None:
         out(f"{name}.other_processes_cpu", f"{share:.2f}",
             f"share of all {os.cpu_count()} cores used by other processes meanwhile; load avg "
             + " ".join(f"{v:.2f}" for v in os.getloadavg()), keep=True)
@@ -228,7 +205,7 @@ def scale(n: int, tmp: Path, table: Path | None) -> Path:
     pdist_bytes = n * (n - 1) // 2 * 8
     out(f"{p}.scipy_pdist_bytes", f"{pdist_bytes:.3g}",
         f"N^2/2 float64 that scipy's Ward needs: {pdist_bytes / input_bytes:.0f}x the input", keep=True)
-    load.report(p)
+    report_load(load, p)
     (folder / "x.npy").unlink()
     return folder
 
@@ -274,7 +251,7 @@ def compare(name: str, x: np.ndarray, labels: np.ndarray, micro_size: int) -> No
             f"scaled vs scipy; target within {QUALITY_TARGET:.0%}; "
             f"{'ok' if abs(diff) <= QUALITY_TARGET else 'MISSED' if diff < 0 else 'better than scipy'}",
             keep=True)
-    load.report(p)
+    report_load(load, p)
 
 
 def mnist_representation(tmp: Path) -> tuple[str, np.ndarray, np.ndarray]:
@@ -335,7 +312,7 @@ def zoom(table: Path, folder: Path) -> None:
     out(f"{p}.worst_frame_ms", f"{worst:.1f}",
         f"target <= {FRAME_TARGET_MS:.0f}; {'ok' if worst <= FRAME_TARGET_MS else 'MISSED'}; "
         f"{worst / baseline:.1f}x one bincount over all labels", keep=True)
-    load.report(p)
+    report_load(load, p)
 
 
 # ---------------------------------------------------------------------------------------------- main

@@ -57,6 +57,7 @@ from netatlas.backend.demo import demo_checkpoint  # noqa: E402
 from netatlas.backend.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing  # noqa: E402
 from netatlas.backend.workspace import Workspace  # noqa: E402
 from netatlas.errors import NetatlasError  # noqa: E402
+from machine_load import OtherLoad  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 THROUGHPUT_TARGET = 0.9
 CACHE_READ_TARGET = 0.05
@@ -363,38 +364,6 @@ def run_breakdown(case: Case, device: torch.device, tmp: Path) -> None:
     out(f"{p}.parquet_write_s", f"{write:.3f}",
         f"{1 + len(case.layers)} files, {mb:.1f} MB float32, zstd + byte-stream-split + fsync")
     out(f"{p}.parquet_write_no_fsync_s", f"{write_nofsync:.3f}")
-
-
-# ------------------------------------------------------------------------------------------ machine
-
-class OtherLoad:
-    """Share of the machine's CPU that other processes used while a case ran (Linux; else None).
-
-    On a 2-core machine a concurrent test run or browser preempts torch's two worker threads and
-    timings swing several-fold; this line says when the ratios of a run are not to be trusted.
-    """
-
-    def __init__(self) -> None:
-        self.start = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [float(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        hz = os.sysconf("SC_CLK_TCK")
-        busy = (sum(fields[:8]) - fields[3] - fields[4]) / hz  # all but idle and iowait (no guest)
-        me = os.times()
-        return busy, me.user + me.system, time.perf_counter()
-
-    def share(self) -> float | None:
-        end = self._sample()
-        if self.start is None or end is None:
-            return None
-        busy, mine, wall = (e - s for e, s in zip(end, self.start))
-        return max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
 
 
 # ------------------------------------------------------------------------------------------- output

@@ -72,6 +72,10 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     expect(crumbs).to_have_count(2, timeout=30_000)
     level1 = settled_labels(page, biggest)
     assert sum(size for size, _ in level1) == biggest and len(level1) >= 2
+    # The side panel follows: the class table counts the zoomed cluster's images.
+    expect(page.locator(".na-cluster-summary p").first).to_contain_text(f"{biggest:,} images")
+    class_rows = page.locator(".na-classes .tabulator-row")
+    assert sum(int(row.split("\n")[1]) for row in class_rows.all_inner_texts()) == biggest
     second = max(level1)[0]
     page.locator(".na-tile", has_text=f"{second:,} images").first.locator(".na-head").click()
     expect(crumbs).to_have_count(3, timeout=30_000)
