@@ -24,7 +24,7 @@ from netatlas.backend.cluster_tree import ClusterTree
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.neurons import top_units, unit_baseline
 from netatlas.backend.workspace import Workspace
-from netatlas.viz.dendromap import MapData, dendromap_frame, node_means
+from netatlas.viz.dendromap import MapData, dendromap_frame, image_title, node_means
 from netatlas.viz.images import image_grid_html
 from netatlas.viz.treemap import legend_html
 
@@ -69,7 +69,8 @@ class DendroMapView(param.Parameterized):
                                         css_classes=["na-cluster-summary"])
         self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                             hidden_columns=["label"], height=240, sizing_mode="stretch_width",
-                                            widths={"class": 70, "count": 60, "accuracy": 72, "FNR": 58, "FPR": 58},
+                                            widths={"class": 70, "count": 60, "accuracy": 72, "FNR": 58,
+                                                    "FPR": 58},
                                             css_classes=["na-classes"])
         self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
@@ -91,6 +92,7 @@ class DendroMapView(param.Parameterized):
         neurons.rendered.append(self._on_neuron)
         self._quiet = False
         self.shown = False                           # whether the tab is the one on screen
+        self._building: tuple | None = None          # (workspace, layer) of the tree being built
 
     # ----------------------------------------------------------------------------- data
     async def _on_workspace(self, event: param.parameterized.Event) -> None:
@@ -118,8 +120,16 @@ class DendroMapView(param.Parameterized):
 
     async def activate(self) -> None:
         """Build the tree when the tab is on screen and has none (first visit, new model or layer)."""
-        if self.shown and self.tree is None and self.state.workspace is not None and not self._quiet:
-            await self._build()
+        ws, layer = self.state.workspace, self.layer.value
+        busy = self._building == (ws, layer)
+        if not self.shown or self.tree is not None or ws is None or self._quiet or busy:
+            return
+        self._building = (ws, layer)                 # a second click on the tab waits for this build
+        try:
+            await self._build(ws, layer)
+        finally:
+            if self._building == (ws, layer):
+                self._building = None
 
     async def _on_layer(self, _event=None) -> None:
         if self._quiet:
@@ -127,13 +137,13 @@ class DendroMapView(param.Parameterized):
         self.tree = None
         await self.activate()
 
-    async def _build(self) -> None:
-        ws, layer = self.state.workspace, self.layer.value
+    async def _build(self, ws: Workspace, layer: str) -> None:
         name = "" if layer == LOGITS else layer
 
         def work(progress):
             tree = ws.cluster_tree(name, progress=progress)
-            return tree, ws.representation(name)[1], ws.activations([name] if name else []).predictions
+            _, vectors, acts = ws.representation(name)
+            return tree, vectors, acts.predictions
 
         result = await self.state.run(f"Clustering {len(ws.dataset):,} images on {layer}", work)
         if result is None or ws is not self.state.workspace or layer != self.layer.value:
@@ -145,12 +155,12 @@ class DendroMapView(param.Parameterized):
         self._apply_filter()
 
     # ----------------------------------------------------------------------------- navigation
-    def zoom_to(self, node: int) -> None:
+    async def zoom_to(self, node: int) -> None:
         """Zoom into a clicked cluster (a single image opens its details instead)."""
         if self.tree is None or not 0 <= node < len(self.tree.left):
             return
         if not self.tree.children(node):
-            self.show_image(int(node))
+            await self.show_image(int(node))
             return
         self.path.append(int(node))
         self.render()
@@ -228,7 +238,8 @@ class DendroMapView(param.Parameterized):
         cell = int(self.cell.value)
         color_by = COLOR_BY[self.color_by.value]
         unit_mean = unit_range = None
-        legend_title = {"accuracy": "accuracy", "class share": f"share of class {self.color_class.value}"}.get(color_by)
+        legend_title = {"accuracy": "accuracy",
+                        "class share": f"share of class {self.color_class.value}"}.get(color_by)
         if color_by == "neuron":
             unit_mean, unit_range, legend_title = self._unit_colouring()
         classes = self.state.workspace.dataset.classes
@@ -249,7 +260,8 @@ class DendroMapView(param.Parameterized):
         buttons = []
         for depth, node in enumerate(self.path):
             name = f"All {self.tree.count[node]:,}" if depth == 0 else f"› {self.tree.count[node]:,} (#{node})"
-            button = pn.widgets.Button(name=name, button_type="primary" if depth == len(self.path) - 1 else "light",
+            current = depth == len(self.path) - 1
+            button = pn.widgets.Button(name=name, button_type="primary" if current else "light",
                                        css_classes=["na-crumb"], width=130)
             button.on_click(lambda _, d=depth: self.zoom_back(d))
             buttons.append(button)
@@ -280,26 +292,30 @@ class DendroMapView(param.Parameterized):
         self.export.filename = f"cluster_{node}.csv"
 
     # ----------------------------------------------------------------------------- side panel actions
-    def show_image(self, index: int) -> None:
-        """Details of one image and its nearest neighbours in the clustered representation."""
-        ws = self.state.workspace
+    async def show_image(self, index: int) -> None:
+        """Details of one image and its nearest neighbours in the clustered representation (the
+        neighbour search scans every vector, so it runs off the event loop)."""
+        ws, vectors = self.state.workspace, self.vectors
         if ws is None or self.data is None or not 0 <= index < len(ws.dataset):
             return
+        found = await self.state.run("Finding nearest neighbours", lambda _: nearest_neighbors(vectors, index, 8))
+        if found is None or ws is not self.state.workspace:
+            return
         self.image = index
+        neighbours, distances = found
         data, dataset = self.data, ws.dataset
-        neighbours, distances = nearest_neighbors(self.vectors, index, 8)
         big = image_grid_html([dataset.read(index)], [dataset.ids[index]], size=160,
                               flagged=[bool(data.wrong[index])])
         grid = image_grid_html([dataset.read(int(i)) for i in neighbours], [f"{d:.3g}" for d in distances],
-                               titles=[f"{dataset.ids[i]} · label {data.class_name(int(data.labels[i]))} · "
-                                       f"predicted {data.class_name(int(data.predictions[i]))}" for i in neighbours],
+                               titles=[image_title(data, int(i)) for i in neighbours],
                                flagged=[bool(data.wrong[i]) for i in neighbours], size=56, css_class="na-neighbours")
         label, pred = int(data.labels[index]), int(data.predictions[index])
+        wrong = " · <b style='color:#d62728'>misclassified</b>" if data.wrong[index] else ""
         self.detail.object = (
             f"<h4 style='margin:4px 0'>Image {html.escape(dataset.ids[index])}</h4>{big}"
             f"<p>label <b>{html.escape(data.class_name(label))}</b> · predicted "
-            f"<b>{html.escape(data.class_name(pred))}</b>{' · <b style=color:#d62728>misclassified</b>' if data.wrong[index] else ''}"
-            f"</p><p>Nearest neighbours (distance in the clustered representation):</p>{grid}")
+            f"<b>{html.escape(data.class_name(pred))}</b>{wrong}</p>"
+            f"<p>Nearest neighbours (distance in the clustered representation):</p>{grid}")
 
     def _on_unit_row(self, event) -> None:
         """Choosing a top unit sets it in the Neurons tab and colours the map by it."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from typing import Any, Callable
 
 import param
@@ -40,6 +42,8 @@ class TreemapPane(JSComponent):
         if not isinstance(msg, dict) or not isinstance(msg.get("node"), int):
             return                                    # not from our render(): ignore
         if isinstance(msg.get("image"), int):
-            self._on_image(msg["image"])
+            result = self._on_image(msg["image"])
         else:
-            self._on_node(msg["node"])
+            result = self._on_node(msg["node"])
+        if inspect.isawaitable(result):               # async handlers run on the session's event loop
+            asyncio.ensure_future(result)

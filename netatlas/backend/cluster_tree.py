@@ -6,10 +6,11 @@ range ``order[start:start + count]``, so a cluster's images, class counts or mea
 one slice away, at any size.
 
 Up to ``exact_threshold`` points the tree is exact Ward (scipy's heights). Above it the points are
-split by k-means into micro-clusters of about ``micro_size`` points (at most ``MAX_MICRO`` of them:
-Ward on the centroids holds an m x m matrix); Ward on the micro-clusters'
-centroids weighted by their sizes builds the tree above them and exact Ward on each micro-cluster's
-own points the tree below. Memory stays O(N*D): no N x N matrix is ever formed.
+split by k-means into micro-clusters of about ``micro_size`` points (at most ``MAX_MICRO``); Ward on
+the micro-clusters' centroids weighted by their sizes builds the tree above them and exact Ward on
+each micro-cluster's own points the tree below. Memory stays O(N*D + MAX_MICRO^2): no N x N matrix
+is ever formed. Heights above the micro-clusters are Ward distances between them, so a micro-
+cluster's own root can sit higher than the merge above it (an inversion); the ranges stay exact.
 """
 
 from __future__ import annotations
@@ -124,9 +125,11 @@ class ClusterTree:
         columns = {name: pa.array(getattr(self, name)) for name in
                    ("left", "right", "parent", "height", "count", "start", "medoid", "labeled", "correct")}
         counts = np.ascontiguousarray(self.class_counts, dtype=np.int32)
-        columns["class_counts"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(counts.reshape(-1)), max(counts.shape[1], 1)) if counts.shape[1] else \
-            pa.array(np.zeros(len(counts), dtype=np.int32))
+        if counts.shape[1]:
+            columns["class_counts"] = pa.FixedSizeListArray.from_arrays(pa.array(counts.reshape(-1)),
+                                                                        counts.shape[1])
+        else:                                        # unlabeled, or too many classes to store
+            columns["class_counts"] = pa.array(np.zeros(len(counts), dtype=np.int32))
         table = pa.table(columns)
         return table.replace_schema_metadata({_META: json.dumps(self.meta).encode()})
 

@@ -116,7 +116,7 @@ def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell
         tiles.append(ClusterTile(
             node=cluster, rect=rect, label=_tile_label(data, cluster, len(hit_set) if hits is not None else None),
             color=color, title=_tile_title(data, cluster, color_by, value),
-            images=images, image_titles=[_image_title(data, i) for i in images],
+            images=images, image_titles=[image_title(data, i) for i in images],
             wrong=[bool(data.wrong[i]) for i in images], highlight=[i in hit_set for i in images],
             dim=hits is not None and not hit_set))
     return treemap_html(tiles, cell_px, cols, rows, image_src, misclassified, selected), clusters
@@ -138,7 +138,8 @@ def _tile_title(data: MapData, node: int, color_by: str, value: float) -> str:
             f"{color_by} {value:.3g}; classes: {classes or 'unlabeled'} (click to zoom in)")
 
 
-def _image_title(data: MapData, index: int) -> str:
+def image_title(data: MapData, index: int) -> str:
+    """Tooltip of a thumbnail: id, label, prediction."""
     label, pred = int(data.labels[index]), int(data.predictions[index])
     return (f"{data.ids[index]} · label {data.class_name(label)} · predicted {data.class_name(pred)}"
             f"{' (wrong)' if data.wrong[index] else ''} · click for details")
