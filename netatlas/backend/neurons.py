@@ -34,14 +34,14 @@ def unit_baseline(values: np.ndarray, block: int = 65_536) -> tuple[np.ndarray, 
 
 
 def top_units(values: np.ndarray, members: np.ndarray, k: int = 10,
-              baseline: tuple[np.ndarray, np.ndarray] | None = None, sample: int = 20_000,
+              baseline: tuple[np.ndarray, np.ndarray] | None = None, sample: int = 10_000,
               seed: int = 0) -> pd.DataFrame:
     """The units whose mean over ``members`` most exceeds their mean over the dataset.
 
     Ranked by the excess in units of the dataset's standard deviation, so that units of very
     different scales compare; the raw means are in the table too. ``baseline`` (from
     ``unit_baseline``) saves a pass over the dataset per call; a cluster larger than ``sample``
-    is averaged over a seeded sample of that many members (a standard error of under 1% of a
+    is averaged over a seeded sample of that many members (a standard error of about 1% of a
     standard deviation), so the cost does not grow with the cluster.
     """
     members = np.asarray(members)
