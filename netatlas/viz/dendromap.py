@@ -112,13 +112,13 @@ def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell
         rect = rects[cluster]
         hits = data.hits_in(cluster) if data.hits is not None else None
         images = representatives(tree, cluster, rect.w * rect.h, hits)
-        hit_set = set(hits.tolist()) if hits is not None else set()
         tiles.append(ClusterTile(
-            node=cluster, rect=rect, label=_tile_label(data, cluster, len(hit_set) if hits is not None else None),
+            node=cluster, rect=rect, label=_tile_label(data, cluster, None if hits is None else len(hits)),
             color=color, title=_tile_title(data, cluster, color_by, value),
             images=images, image_titles=[image_title(data, i) for i in images],
-            wrong=[bool(data.wrong[i]) for i in images], highlight=[i in hit_set for i in images],
-            dim=hits is not None and not hit_set))
+            wrong=[bool(data.wrong[i]) for i in images],
+            highlight=[hits is not None and bool(data.hits[i]) for i in images],
+            dim=hits is not None and not len(hits)))
     return treemap_html(tiles, cell_px, cols, rows, image_src, misclassified, selected), clusters
 
 
