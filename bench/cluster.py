@@ -49,7 +49,7 @@ CLASS_SPREAD, MODE_SPREAD, NOISE = 0.6, 0.5, 0.5
 WRONG = 0.1                 # share of synthetic predictions that differ from the label
 CHUNK = 50_000
 TOP = 10                    # clusters compared for purity
-FRAME = dict(k=8, cols=17, rows=13, cell_px=40)   # the page's 680 x 520 map at the default size
+FRAME = dict(k=8, cols=16, rows=13, cell_px=40)   # the page's 640 x 520 map at the default size
 SIDE_UNITS = 512            # units of the layer whose top units the side panel lists
 FRAME_REPEATS = 7
 TIME_TARGETS = {100_000: 10.0, 1_000_000: 60.0}

@@ -28,7 +28,7 @@ from netatlas.viz.dendromap import MapData, dendromap_frame, image_title, node_m
 from netatlas.viz.images import image_grid_html
 from netatlas.viz.treemap import legend_html
 
-MAP_WIDTH, MAP_HEIGHT = 680, 520
+MAP_WIDTH, MAP_HEIGHT = 640, 520
 ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
 
@@ -69,12 +69,11 @@ class DendroMapView(param.Parameterized):
                                         css_classes=["na-cluster-summary"])
         self.classes = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                             hidden_columns=["label"], height=240, sizing_mode="stretch_width",
-                                            widths={"class": 70, "count": 60, "accuracy": 72, "FNR": 58,
-                                                    "FPR": 58},
+                                            titles={"accuracy": "acc"}, layout="fit_data_fill",
                                             css_classes=["na-classes"])
         self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
-                                          widths={"unit": 50, "in cluster": 80, "dataset": 72, "excess (sd)": 88})
+                                          titles={"excess (sd)": "excess"}, layout="fit_data_fill")
         self.detail = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-image-detail"])
         self.export = pn.widgets.FileDownload(callback=self._export_csv, filename="cluster.csv",
                                               label="Export images as CSV", button_type="light",
@@ -345,7 +344,7 @@ class DendroMapView(param.Parameterized):
         filters = pn.FlexBox(self.true_label, self.predicted, self.wrong_only, self.search)
         side = pn.Column(self.summary, "#### Classes (choose a row to highlight)", self.classes,
                          "#### Top units (Neurons tab layer; choose to colour)", self.units, self.export,
-                         width=340)
+                         width=370)
         return pn.Column(controls, filters, self.breadcrumbs, self.legend,
                          pn.Row(pn.Column(self.treemap, self.detail, width=MAP_WIDTH + 10), side),
                          sizing_mode="stretch_width")
