@@ -43,6 +43,8 @@ class DendroMapView(param.Parameterized):
         self.path: list[int] = []                    # zoom history: root first, current last
         self.image: int | None = None
         self._search_keys: np.ndarray | None = None
+        self._filter: tuple = (None, None)            # (widget values, their match mask)
+        self._side_key: tuple | None = None           # what the side tables show now
         self._baseline: tuple = (None, None)          # (values, their per-unit mean and sd)
         self._unit_means: tuple = (None, None, None)  # (key, node -> mean, value range) of the colouring unit
         self.layer = pn.widgets.Select(name="Representation", width=250, css_classes=["na-rep"])
@@ -85,7 +87,7 @@ class DendroMapView(param.Parameterized):
         self.color_by.param.watch(self._on_color_by, "value")
         for widget in (self.true_label, self.predicted, self.wrong_only, self.search):
             widget.param.watch(lambda _: self._apply_filter(), "value")
-        self.classes.param.watch(lambda _: self._apply_filter(), "selection")
+        self.classes.param.watch(lambda _: self._quiet or self._apply_filter(), "selection")
         self.units.param.watch(self._on_unit_row, "selection")
         self.reset.on_click(lambda _: self.zoom_back(0))
         neurons.rendered.append(self._on_neuron)
@@ -150,6 +152,7 @@ class DendroMapView(param.Parameterized):
         self.tree, self.vectors, predictions = result
         dataset = ws.dataset
         self.data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
+        self._filter, self._side_key, self._unit_means = (None, None), None, (None, None, None)
         self.path, self.image = [self.tree.root], None
         self._apply_filter()
 
@@ -161,14 +164,23 @@ class DendroMapView(param.Parameterized):
         if not self.tree.children(node):
             await self.show_image(int(node))
             return
-        self.path.append(int(node))
-        self.render()
+        self._navigate([*self.path, int(node)])
 
     def zoom_back(self, depth: int) -> None:
         """Go back to the ``depth``-th cluster of the zoom path (0: the whole dataset)."""
         if self.tree is not None:
-            self.path = self.path[:depth + 1] or [self.tree.root]
-            self.render()
+            self._navigate(self.path[:depth + 1] or [self.tree.root])
+
+    def _navigate(self, path: list[int]) -> None:
+        """Show another cluster; a class-table row chosen in the previous one no longer applies."""
+        self.path = path
+        if self.classes.selection:
+            self._quiet = True                        # no render for the cleared row: one below
+            try:
+                self.classes.selection = []
+            finally:
+                self._quiet = False
+        self._apply_filter()
 
     @property
     def node(self) -> int:
@@ -179,22 +191,31 @@ class DendroMapView(param.Parameterized):
         """Images matching the filters (and a chosen class-table row); None when nothing filters."""
         if self.data is None:
             return
-        dataset, masks = self.state.workspace.dataset, []
-        classes = dataset.classes
+        masks = [mask for mask in (self._filter_mask(),) if mask is not None]
+        row = self._selected_class()
+        if row is not None:
+            masks.append(self.data.labels == row)
+        self.data.set_hits(np.logical_and.reduce(masks) if masks else None)
+        self.render()
+
+    def _filter_mask(self) -> np.ndarray | None:
+        """The filter widgets' matches (None: no filter), kept until a widget changes: a search
+        scans every image's text, and zooming must not repeat it."""
+        query = self.search.value.strip().lower()
+        key = (id(self.data), self.true_label.value, self.predicted.value, self.wrong_only.value, query)
+        if self._filter[0] == key:
+            return self._filter[1]
+        classes, masks = self.data.class_names, []
         if self.true_label.value != ANY:
             masks.append(self.data.labels == classes.index(self.true_label.value))
         if self.predicted.value != ANY:
             masks.append(self.data.predictions == classes.index(self.predicted.value))
         if self.wrong_only.value:
             masks.append(self.data.wrong)
-        query = self.search.value.strip().lower()
         if query:
-            masks.append(np.char.find(self._keys(dataset), query) >= 0)
-        row = self._selected_class()
-        if row is not None:
-            masks.append(self.data.labels == row)
-        self.data.set_hits(np.logical_and.reduce(masks) if masks else None)
-        self.render()
+            masks.append(np.char.find(self._keys(self.state.workspace.dataset), query) >= 0)
+        self._filter = (key, np.logical_and.reduce(masks) if masks else None)
+        return self._filter[1]
 
     def _keys(self, dataset) -> np.ndarray:
         """Lower-case id plus metadata of every image, joined once, for substring search."""
@@ -278,17 +299,19 @@ class DendroMapView(param.Parameterized):
             + (f" · **{len(matches):,} match the filter** ({len(data.hits_in(tree.root)):,} in all)"
                if matches is not None else "")
             + f"  \n{tree.meta.get('method', '')} tree on `{tree.meta.get('layer') or 'logits'}`")
-        selection = self.classes.selection
-        stats = class_stats(data.labels[images], data.predictions[images], data.class_names)
-        self.classes.param.update(value=stats.round(4))
-        if selection and selection[0] < len(stats):
-            self.classes.selection = selection
+        self.export.filename = f"cluster_{node}.csv"
         values = self.neurons.values
+        key = (id(tree), node, id(values))
+        if key == self._side_key:                     # a filter changed, not the cluster or the layer
+            return
+        if key[:2] != (self._side_key or (None, None))[:2]:
+            stats = class_stats(data.labels[images], data.predictions[images], data.class_names)
+            self.classes.value = stats.round(4)
+        self._side_key = key
         if values is not None and len(values) == tree.n_images:
             if self._baseline[0] is not values:          # once per layer, not per zoom
                 self._baseline = (values, unit_baseline(values))
             self.units.value = top_units(values, images, 10, self._baseline[1]).round(4)
-        self.export.filename = f"cluster_{node}.csv"
 
     # ----------------------------------------------------------------------------- side panel actions
     async def show_image(self, index: int) -> None:

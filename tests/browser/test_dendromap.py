@@ -76,6 +76,11 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     expect(page.locator(".na-cluster-summary p").first).to_contain_text(f"{biggest:,} images")
     class_rows = page.locator(".na-classes .tabulator-row")
     assert sum(int(row.split("\n")[1]) for row in class_rows.all_inner_texts()) == biggest
+    # Choosing a class row highlights that class's images in this cluster.
+    chosen = class_rows.first.inner_text().split("\n")
+    class_rows.first.click()
+    expect(page.locator(".na-cluster-summary p").first).to_contain_text(f"{int(chosen[1]):,} match the filter",
+                                                                       timeout=30_000)
     second = max(level1)[0]
     page.locator(".na-tile", has_text=f"{second:,} images").first.locator(".na-head").click()
     expect(crumbs).to_have_count(3, timeout=30_000)
