@@ -55,6 +55,9 @@ def settled_labels(page, total: int, timeout: float = 30.0) -> list[tuple[int, i
 
 
 def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
+    fetched: list[str] = []                      # thumbnails the browser had to fetch
+    page.on("requestfinished", lambda request: "/thumb/" in request.url and fetched.append(request.url))
+    page.set_viewport_size({"width": 1400, "height": 1300})   # the whole map on screen (lazy images load)
     open_app(page, demo_server.url, "blocks.5")
     page.get_by_text("DendroMap", exact=True).click()
     tiles = page.locator(".na-tile")
@@ -86,11 +89,18 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     expect(crumbs).to_have_count(3, timeout=30_000)
     assert sum(size for size, _ in settled_labels(page, second)) == second
 
-    # Back to the whole dataset by the first breadcrumb.
+    # Back to the whole dataset by the first breadcrumb. Thumbnails are URLs, not inline bytes, so
+    # an update sends only the HTML and the browser reuses every image it has already loaded.
+    assert page.locator(".na-img").first.get_attribute("src").startswith("/thumb/")
+    seen = len(fetched)
+    assert seen > 0
+    before = set(fetched)
     crumbs.first.click()
     expect(crumbs).to_have_count(1, timeout=30_000)
     expect(tiles).to_have_count(8)
     assert settled_labels(page, 5000) == top
+    page.wait_for_timeout(1000)
+    assert not before & set(fetched[seen:]), "thumbnails shown before were fetched again"
 
     # Colour by a class's share, then back to accuracy: the legend follows.
     page.locator(".na-color-by select").select_option("Share of a class")
