@@ -31,11 +31,12 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     loader = LoaderView(state)
     neurons = NeuronsView(state)
     dendromap = DendroMapView(state, neurons)
-    tabs = pn.Tabs(("Model", ModelView(state)), ("Neurons", neurons), ("DendroMap", dendromap),
-                   ("Residual", ResidualView(state)), dynamic=False, sizing_mode="stretch_width")
+    views = [("Model", ModelView(state)), ("Neurons", neurons), ("DendroMap", dendromap),
+             ("Residual", ResidualView(state))]
+    tabs = pn.Tabs(*views, dynamic=False, sizing_mode="stretch_width")
 
     async def on_tab(event) -> None:  # the tree is built when its tab is first shown
-        dendromap.shown = event.new == 2
+        dendromap.shown = views[event.new][1] is dendromap
         await dendromap.activate()
     tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
