@@ -68,7 +68,8 @@ def test_frame_tiles_cover_the_node_and_mark_wrong_and_matching_images(data):
         known = images[data.labels[images] >= 0]
         accuracy = (data.predictions[known] == data.labels[known]).mean()
         matches = int(data.wrong[images].sum())
-        assert f"{len(images):,} images · {accuracy:.0%} acc · {matches:,} match" in html
+        noun = "image" if len(images) == 1 else "images"
+        assert f"{len(images):,} {noun} · {accuracy:.0%} acc · {matches:,} match" in html
     shown = [int(i) for i in re.findall(r"data-image=(\d+)", html)]
     marked = [int(i) for i in re.findall(r'class="na-img[^"]*na-hit[^"]*" data-image=(\d+)', html)]
     assert marked and set(marked) == {i for i in shown if data.wrong[i]}

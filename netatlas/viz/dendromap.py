@@ -125,7 +125,8 @@ def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell
 def _tile_label(data: MapData, node: int, hits: int | None) -> str:
     tree = data.tree
     acc = tree.accuracy[node]
-    text = f"{tree.count[node]:,} images" + ("" if np.isnan(acc) else f" · {acc:.0%} acc")
+    count = int(tree.count[node])
+    text = f"{count:,} image{'s' if count != 1 else ''}" + ("" if np.isnan(acc) else f" · {acc:.0%} acc")
     return text + (f" · {hits:,} match" + ("es" if hits != 1 else "") if hits is not None else "")
 
 
