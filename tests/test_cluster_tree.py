@@ -552,3 +552,21 @@ def test_cli_cluster_user_errors_exit_2(tmp_path, capsys, small_checkpoint, smal
     err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("netatlas: error: ")
     assert "Traceback" not in captured.err + captured.out
+
+
+def test_exact_mode_reports_progress_and_stops_when_it_raises():
+    """The app's Cancel raises from the progress callback; the exact build must stop there."""
+    x = random_points(2500, 8, seed=21)
+    calls: list[tuple[int, int]] = []
+    build_cluster_tree(x, progress=lambda done, total: calls.append((done, total)))
+    done = len(x) - 1                             # both phases count n - 1 steps: distance rows, merges
+    assert calls.count((done, done)) == 2 and all(0 < d <= t == done for d, t in calls)
+
+    class Stop(Exception):
+        pass
+
+    def cancel(done: int, total: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        build_cluster_tree(x, progress=cancel)

@@ -201,8 +201,8 @@ def build_cluster_tree(x: np.ndarray, labels: np.ndarray | None = None, predicti
     exact_threshold, micro_size, seed = settings.exact_threshold, settings.micro_size, settings.seed
     began = time.perf_counter()
     if n <= exact_threshold:
-        z = ward_linkage(x)
-        medoid = np.concatenate([np.arange(n), _medoids(x, z)])
+        z = ward_linkage(x, progress)
+        medoid = np.concatenate([np.arange(n), _medoids(x, z, progress)])
         meta = {"method": "exact-ward", "micro_clusters": 0}
     else:
         z, medoid, micro = _scaled_linkage(x, micro_size, seed, device, progress)
@@ -265,7 +265,7 @@ def _range_sums(values_in_order: np.ndarray, start: np.ndarray, count: np.ndarra
     return prefix[start + count] - prefix[start]
 
 
-def _medoids(x: np.ndarray, z: np.ndarray) -> np.ndarray:
+def _medoids(x: np.ndarray, z: np.ndarray, progress: Progress | None = None) -> np.ndarray:
     """For each merge of ``z`` (a tree over the rows of ``x``), the row nearest the merge's centroid."""
     n = len(x)
     if n < 2:
@@ -279,7 +279,7 @@ def _medoids(x: np.ndarray, z: np.ndarray) -> np.ndarray:
     np.cumsum(points, axis=0, out=prefix[1:])
     s, c = start[n:], count[n:]
     centroids = (prefix[s + c] - prefix[s]) / c[:, None]
-    return order[_nearest_in_range(points, centroids, s, c)]
+    return order[_nearest_in_range(points, centroids, s, c, progress)]
 
 
 def _small_tree(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -306,7 +306,7 @@ def _small_tree(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _nearest_in_range(points: np.ndarray, centroids: np.ndarray, starts: np.ndarray,
-                      counts: np.ndarray) -> np.ndarray:
+                      counts: np.ndarray, progress: Progress | None = None) -> np.ndarray:
     """Position of the point nearest each centroid among ``points[start:start + count]``."""
     if len(points) <= _SMALL:
         sq = (centroids * centroids).sum(1)[:, None] - 2.0 * centroids @ points.T \
@@ -318,6 +318,8 @@ def _nearest_in_range(points: np.ndarray, centroids: np.ndarray, starts: np.ndar
     for i, (s, c) in enumerate(zip(starts.tolist(), counts.tolist())):
         block = points[s:s + c]
         out[i] = s + int(((block - centroids[i]) ** 2).sum(1).argmin())
+        if progress and (i % 1024 == 0 or i == len(centroids) - 1):
+            progress(i + 1, len(centroids))
     return out
 
 

@@ -13,12 +13,15 @@ merge of row ``i`` numbered ``n + i``, so either can be checked against (and dra
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
 
 
-def condensed_distances(x: np.ndarray, block: int = 1024) -> np.ndarray:
+def condensed_distances(x: np.ndarray, block: int = 1024,
+                        progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Euclidean distances of the rows of ``x`` in scipy's condensed order, computed in row blocks."""
     x = np.asarray(x, dtype=np.float64)
     x = x - x.mean(axis=0)                      # centring keeps the Gram identity well conditioned
@@ -37,6 +40,8 @@ def condensed_distances(x: np.ndarray, block: int = 1024) -> np.ndarray:
             row = sq[r, r + 1:]
             out[offset:offset + len(row)] = row
             offset += len(row)
+        if progress:
+            progress(i1, n - 1)
     return out
 
 
@@ -48,12 +53,16 @@ def distances_from_gram(gram: np.ndarray) -> np.ndarray:
     return np.sqrt(squareform(sq, checks=False))
 
 
-def ward_linkage(x: np.ndarray) -> np.ndarray:
-    """Exact Ward linkage of the rows of ``x``: scipy's ``linkage(x, "ward")`` heights."""
+def ward_linkage(x: np.ndarray, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Exact Ward linkage of the rows of ``x``: scipy's ``linkage(x, "ward")`` heights.
+
+    ``progress(done, total)`` follows the distance blocks (the long part, and where a cancel
+    raised from it stops the work); scipy's chain then runs without interruption.
+    """
     n = len(x)
     if n < 2:
         return np.empty((0, 4))
-    return linkage(condensed_distances(x), method="ward")
+    return linkage(condensed_distances(x, progress=progress), method="ward")
 
 
 def ward_distances(centroids: np.ndarray, sizes: np.ndarray) -> np.ndarray:
