@@ -15,7 +15,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from netatlas.app.neurons_view import LOGITS, NeuronsView
+from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
 from netatlas.app.treemap_pane import TreemapPane
@@ -103,9 +103,7 @@ class DendroMapView(param.Parameterized):
         self.treemap.html = ""
         if ws is None:
             return
-        usable = ws.modules[(ws.modules["depth"] > 0) & (ws.modules["units"] > 0)]
-        options = {"logits (model output)": LOGITS}
-        options.update({f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()})
+        options = layer_options(ws.modules, "logits (model output)")
         classes = [ANY, *ws.dataset.classes]
         self._quiet = True
         try:
@@ -123,6 +121,8 @@ class DendroMapView(param.Parameterized):
         """Build the tree when the tab is on screen and has none (first visit, new model or layer)."""
         ws, layer = self.state.workspace, self.layer.value
         busy = self._building == (ws, layer)
+        if self.shown and self.tree is not None:
+            self.render()                             # what changed in other tabs meanwhile
         if not self.shown or self.tree is not None or ws is None or self._quiet or busy:
             return
         self._building = (ws, layer)                 # a second click on the tab waits for this build
@@ -236,8 +236,9 @@ class DendroMapView(param.Parameterized):
         self.render()
 
     def _on_neuron(self) -> None:
-        """The Neurons tab's unit changed: its colouring and the top-units table follow."""
-        if self.tree is not None:
+        """The Neurons tab's unit changed: its colouring and the top-units table follow (when this
+        tab is on screen; ``activate`` catches up when it comes back)."""
+        if self.tree is not None and self.shown:
             self.render()
 
     def _unit_colouring(self):
@@ -262,7 +263,7 @@ class DendroMapView(param.Parameterized):
                         "class share": f"share of class {self.color_class.value}"}.get(color_by)
         if color_by == "neuron":
             unit_mean, unit_range, legend_title = self._unit_colouring()
-        classes = self.state.workspace.dataset.classes
+        classes = self.data.class_names
         class_index = classes.index(self.color_class.value) if self.color_class.value in classes else 0
         dataset = self.state.workspace.dataset
         frame, _ = dendromap_frame(

@@ -28,6 +28,13 @@ def default_layer(modules: pd.DataFrame) -> str | None:
     return str(named["name"].iloc[-1]) if len(named) else None
 
 
+def layer_options(modules: pd.DataFrame, logits_label: str) -> dict[str, str]:
+    """Select options for every module with units, the model's output (the logits) first."""
+    usable = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
+    return {logits_label: LOGITS,
+            **{f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()}}
+
+
 class NeuronsView(param.Parameterized):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
@@ -70,9 +77,7 @@ class NeuronsView(param.Parameterized):
         if ws is None:
             return
         modules = ws.modules
-        usable = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
-        options = {"logits (model output, a unit per class)": LOGITS}
-        options.update({f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()})
+        options = layer_options(modules, "logits (model output, a unit per class)")
         self.values = None
         self._quiet = True  # one extraction for the new workspace, not one per widget change
         try:

@@ -74,9 +74,7 @@ class ClusterTree:
     @cached_property
     def order(self) -> np.ndarray:
         """Image indices in leaf order (each node's images are one contiguous range of it)."""
-        order = np.empty(self.n_images, dtype=np.int64)
-        order[self.start[:self.n_images]] = np.arange(self.n_images)
-        return order
+        return _leaf_order(self.start, self.n_images)
 
     @cached_property
     def accuracy(self) -> np.ndarray:
@@ -221,8 +219,7 @@ def tree_from_linkage(z: np.ndarray, medoid: np.ndarray, labels: np.ndarray | No
     parent = np.full(2 * n - 1, -1, dtype=np.int64)
     parent[left[n:]] = np.arange(n, 2 * n - 1)
     parent[right[n:]] = np.arange(n, 2 * n - 1)
-    order = np.empty(n, dtype=np.int64)
-    order[start[:n]] = np.arange(n)
+    order = _leaf_order(start, n)
     labels = np.full(n, -1) if labels is None else np.asarray(labels)
     predictions = np.full(n, -1) if predictions is None else np.asarray(predictions)
     labeled = labels >= 0
@@ -258,6 +255,13 @@ def _tree_arrays(z: np.ndarray) -> tuple[np.ndarray, ...]:
     return left, right, height, count, np.asarray(start, dtype=np.int64)
 
 
+def _leaf_order(start: np.ndarray, n: int) -> np.ndarray:
+    """Image indices in leaf order, from the leaves' positions (``start[:n]``)."""
+    order = np.empty(n, dtype=np.int64)
+    order[start[:n]] = np.arange(n)
+    return order
+
+
 def _range_sums(values_in_order: np.ndarray, start: np.ndarray, count: np.ndarray) -> np.ndarray:
     """Per node, the column sums of ``values_in_order[start:start + count]`` (prefix sums)."""
     prefix = np.zeros((len(values_in_order) + 1, values_in_order.shape[1]), dtype=np.int64)
@@ -271,8 +275,7 @@ def _medoids(x: np.ndarray, z: np.ndarray, progress: Progress | None = None) -> 
     if n < 2:
         return np.empty(0, dtype=np.int64)
     _, _, _, count, start = _tree_arrays(z)
-    order = np.empty(n, dtype=np.int64)
-    order[start[:n]] = np.arange(n)
+    order = _leaf_order(start, n)
     points = np.asarray(x, dtype=np.float64)[order]
     points -= points.mean(axis=0)
     prefix = np.zeros((n + 1, points.shape[1]))
@@ -294,8 +297,7 @@ def _small_tree(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gram = p @ p.T
     z = linkage(distances_from_gram(gram), method="ward")
     _, _, _, count, start = _tree_arrays(z)
-    order = np.empty(n, dtype=np.int64)
-    order[start[:n]] = np.arange(n)
+    order = _leaf_order(start, n)
     prefix = np.zeros((n, n + 1))
     np.cumsum(gram[np.ix_(order, order)], axis=1, out=prefix[:, 1:])
     s, c = start[n:], count[n:]
@@ -378,8 +380,7 @@ def _top_medoids(top: np.ndarray, centroids: np.ndarray, sizes: np.ndarray, micr
     for i, (a, b) in enumerate(top[:, :2].astype(np.int64).tolist()):
         leaf_counts[m + i] = leaf_counts[a] + leaf_counts[b]
     _, _, _, count, start = _tree_arrays(np.column_stack([top[:, :3], leaf_counts[m:]]))
-    order = np.empty(m, dtype=np.int64)
-    order[start[:m]] = np.arange(m)
+    order = _leaf_order(start, m)
     weighted = np.zeros((m + 1, centroids.shape[1]))
     np.cumsum(centroids[order] * sizes[order, None], axis=0, out=weighted[1:])
     mass = np.concatenate([[0], np.cumsum(sizes[order])])

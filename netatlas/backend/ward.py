@@ -135,12 +135,11 @@ def _as_linkage(merges: list[tuple[int, int, float]], sizes: np.ndarray) -> np.n
     m = len(sizes)
     rows = np.array([(a, b, h) for a, b, h in merges], dtype=np.float64)
     rows = rows[np.argsort(rows[:, 2], kind="mergesort")]
-    parent = np.arange(2 * m - 1)
-    cluster_of = np.arange(m)                   # index -> current cluster id (leaf or merge)
+    parent = np.arange(2 * m - 1)               # union-find over leaves and merges
     count = np.concatenate([sizes, np.zeros(m - 1)])
     z = np.empty((m - 1, 4))
     for i, (a, b, sq) in enumerate(rows):
-        ca, cb = _find(parent, cluster_of[int(a)]), _find(parent, cluster_of[int(b)])
+        ca, cb = _find(parent, int(a)), _find(parent, int(b))
         new = m + i
         parent[ca] = parent[cb] = new
         count[new] = count[ca] + count[cb]
