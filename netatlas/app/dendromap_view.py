@@ -359,7 +359,8 @@ class DendroMapView(param.Parameterized):
             "class": [data.class_name(int(l)) for l in data.labels[images]],
             "prediction": data.predictions[images],
             "predicted_class": [data.class_name(int(p)) for p in data.predictions[images]],
-            "correct": ~data.wrong[images], "cluster": node})
+            "correct": pd.array(~data.wrong[images], dtype="boolean"), "cluster": node})
+        frame.loc[data.labels[images] < 0, "correct"] = pd.NA   # unlabeled: neither right nor wrong
         return io.BytesIO(frame.to_csv(index=False).encode())
 
     def __panel__(self) -> pn.viewable.Viewable:
