@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="how conv maps become one value per channel (default: mean)")
     extract.add_argument("--batch-size", type=int, default=256)
     add_cache_args(extract)
+    add_dask_args(extract)
     extract.set_defaults(run=cmd_extract)
 
     paths = sub.add_parser("paths", help="residual-expansion path plots (Veit trio, order-k, lesions)")
@@ -91,6 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_args(cluster)
     cluster.set_defaults(run=cmd_cluster)
 
+    embed = sub.add_parser("embed", help="2-D UMAP map of a representation (the Map tab), cached in Parquet")
+    add_model_args(embed)
+    embed.add_argument("data", help="image folder, .npz file, or 'demo'")
+    embed.add_argument("--layer", default=None,
+                       help="representation to map (default: the penultimate layer; '' for the logits)")
+    embed.add_argument("--reduction", choices=("mean", "max"), default="mean")
+    embed.add_argument("--method", choices=("umap", "pca"), default="umap")
+    embed.add_argument("--neighbors", type=int, default=15, help="UMAP n_neighbors (default 15)")
+    embed.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
+    embed.add_argument("--fit-sample", type=int, default=200_000,
+                       help="UMAP is fitted on at most this many images; the rest are placed (default 200000)")
+    embed.add_argument("--seed", type=int, default=0,
+                       help="seed (default 0); -1 for none, which lets UMAP use every core")
+    embed.add_argument("-o", "--output", type=Path, default=None,
+                       help="write index, id, label, prediction, x, y, fitted to this .parquet")
+    embed.add_argument("--png", type=Path, default=None, help="also render the map, coloured by class, to a PNG")
+    add_dask_args(embed)
+    add_cache_args(embed)
+    embed.set_defaults(run=cmd_embed)
+
     serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
     add_serve_args(serve)
     serve.set_defaults(run=cmd_serve)
@@ -116,6 +138,13 @@ def add_model_args(parser: argparse.ArgumentParser, positional: bool = True) -> 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="where computed results live (default: $NETATLAS_CACHE_DIR or ~/.cache/netatlas)")
+
+
+def add_dask_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dask", metavar="ADDRESS", default=None,
+                        help="extract sharded over the Dask scheduler at ADDRESS (tcp://host:8786; every "
+                             "worker needs the checkpoint and data at the same paths), or 'local' for a "
+                             "2-worker LocalCluster; default: this process only")
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -181,12 +210,25 @@ def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
         yield progress
 
 
-def workspace_from_args(args: argparse.Namespace, dataset, batch_size: int = 256):
-    """The Workspace the model, cache and device arguments describe, over ``dataset``."""
+def workspace_from_args(args: argparse.Namespace, dataset, batch_size: int = 256,
+                        resources: contextlib.ExitStack | None = None):
+    """The Workspace the model, cache, device and --dask arguments describe, over ``dataset``.
+
+    With --dask the Dask client is entered on ``resources``, so it lives as long as the command's
+    ExitStack (and a LocalCluster is shut down with it).
+    """
     from netatlas.backend.cache import ResultCache
     from netatlas.backend.workspace import Workspace
 
-    return Workspace(load_from_args(args), dataset, ResultCache(args.cache_dir), args.device, batch_size)
+    loaded, client = load_from_args(args), None
+    if getattr(args, "dask", None):
+        from netatlas.backend.sharded import connect
+
+        if resources is None:
+            raise ValueError("workspace_from_args needs an ExitStack to keep the --dask client open")
+        client = resources.enter_context(connect(args.dask))
+    return Workspace(loaded, dataset, ResultCache(args.cache_dir), args.device, batch_size,
+                     dask=client, source=getattr(args, "data", None))
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -213,9 +255,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.data)
     if dataset.skipped:
         print(f"skipped {len(dataset.skipped)} unreadable files (first: {dataset.skipped[0]})", file=sys.stderr)
-    workspace = workspace_from_args(args, dataset, args.batch_size)
-    with progress_bar("extract", "img") as progress:
-        acts = workspace.activations(args.layers, args.reduction, progress)
+    with contextlib.ExitStack() as resources:
+        workspace = workspace_from_args(args, dataset, args.batch_size, resources)
+        with progress_bar("extract", "img") as progress:
+            acts = workspace.activations(args.layers, args.reduction, progress)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(workspace.table(acts), args.output, compression="zstd")
     acc = (acts.predictions == dataset.labels)[dataset.labels >= 0].mean() if dataset.labeled else None
@@ -315,6 +358,43 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(tree.to_table(), args.output, compression="zstd")
         print(f"wrote {args.output}: {len(tree.left):,} nodes (leaves 0..{tree.n_images - 1} are the images)")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from netatlas.backend.datasets import load_dataset
+    from netatlas.backend.embedding import EmbedSettings
+
+    if args.neighbors < 2 or args.fit_sample < 3 or not 0 <= args.min_dist <= 1:
+        raise NetatlasError("--neighbors must be >= 2, --fit-sample >= 3 and --min-dist between 0 and 1")
+    dataset = load_dataset(args.data)
+    settings = EmbedSettings(method=args.method, n_neighbors=args.neighbors, min_dist=args.min_dist,
+                             fit_sample=args.fit_sample, seed=None if args.seed < 0 else args.seed)
+    start = time.perf_counter()
+    with contextlib.ExitStack() as resources, progress_bar("embed", "img") as progress:
+        workspace = workspace_from_args(args, dataset, resources=resources)
+        result = workspace.embedding(args.layer, args.reduction, settings, progress)
+        predictions = workspace.activations([], args.reduction).predictions
+    layer = workspace.representation_layer() if args.layer is None else args.layer
+    print(f"{result.method} map of {len(dataset):,} images on {layer or 'the logits'} in "
+          f"{time.perf_counter() - start:.1f} s ({result.n_fitted:,} fitted"
+          + (f", {len(dataset) - result.n_fitted:,} placed)" if result.n_fitted < len(dataset) else ")"))
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"index": range(len(dataset)), "id": dataset.ids, "label": dataset.labels,
+                                 "prediction": predictions, "x": result.xy[:, 0], "y": result.xy[:, 1],
+                                 "fitted": result.fitted}), args.output, compression="zstd")
+        print(f"wrote {args.output}")
+    if args.png:
+        from netatlas.viz.embedding import MapPoints, map_png
+
+        points = MapPoints.build(result.xy, dataset.labels, predictions, dataset.classes)
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        args.png.write_bytes(map_png(points, "class"))
+        print(f"wrote {args.png}")
     return 0
 
 

@@ -7,7 +7,6 @@ cluster (classes, top units) and the clicked image (with its nearest neighbours)
 
 from __future__ import annotations
 
-import html
 import io
 
 import numpy as np
@@ -24,8 +23,8 @@ from netatlas.backend.cluster_tree import ClusterTree
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.neurons import top_units, unit_baseline
 from netatlas.backend.workspace import Workspace
-from netatlas.viz.dendromap import MapData, dendromap_frame, image_title, node_means
-from netatlas.viz.images import image_grid_html
+from netatlas.viz.dendromap import MapData, dendromap_frame, node_means
+from netatlas.viz.images import image_detail_html
 from netatlas.viz.treemap import legend_html
 
 MAP_WIDTH, MAP_HEIGHT = 640, 520
@@ -91,6 +90,8 @@ class DendroMapView(param.Parameterized):
         self.units.param.watch(self._on_unit_row, "selection")
         self.reset.on_click(lambda _: self.zoom_back(0))
         neurons.rendered.append(self._on_neuron)
+        self.external: np.ndarray | None = None     # images selected in another view (the Map)
+        self.navigated: list = []                    # callbacks after a zoom: views that follow the cluster
         self._quiet = False
         self.shown = False                           # whether the tab is the one on screen
         self._building: tuple | None = None          # (workspace, layer) of the tree being built
@@ -153,8 +154,10 @@ class DendroMapView(param.Parameterized):
         dataset = ws.dataset
         self.data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
         self._filter, self._side_key, self._unit_means = (None, None), None, (None, None, None)
-        self.path, self.image = [self.tree.root], None
+        self.path, self.image, self.external = [self.tree.root], None, None
         self._apply_filter()
+        for callback in self.navigated:
+            callback()
 
     # ----------------------------------------------------------------------------- navigation
     async def zoom_to(self, node: int) -> None:
@@ -174,6 +177,8 @@ class DendroMapView(param.Parameterized):
     def _navigate(self, path: list[int]) -> None:
         """Show another cluster; a class-table row chosen in the previous one no longer applies."""
         self.path = path
+        for callback in self.navigated:
+            callback()
         if self.classes.selection:
             self._quiet = True                        # no render for the cleared row: one below
             try:
@@ -191,12 +196,23 @@ class DendroMapView(param.Parameterized):
         """Images matching the filters (and a chosen class-table row); None when nothing filters."""
         if self.data is None:
             return
-        masks = [mask for mask in (self._filter_mask(),) if mask is not None]
+        masks = [mask for mask in (self._filter_mask(), self.external) if mask is not None]
         row = self._selected_class()
         if row is not None:
             masks.append(self.data.labels == row)
         self.data.set_hits(np.logical_and.reduce(masks) if masks else None)
         self.render()
+
+    def highlight_images(self, images: np.ndarray | None) -> None:
+        """Highlight images chosen in another view (None clears): matches show first, other tiles fade."""
+        if self.tree is None:
+            return
+        if images is None:
+            self.external = None
+        else:
+            self.external = np.zeros(self.tree.n_images, bool)
+            self.external[np.asarray(images, np.int64)] = True
+        self._apply_filter()
 
     def _filter_mask(self) -> np.ndarray | None:
         """The filter widgets' matches (None: no filter), kept until a widget changes: a search
@@ -297,7 +313,8 @@ class DendroMapView(param.Parameterized):
             f"**Cluster #{node}**: {tree.count[node]:,} images ({tree.count[node] / tree.n_images:.1%} of the "
             f"dataset){'' if np.isnan(acc) else f', accuracy {acc:.1%}'}, merge height {tree.height[node]:.4g}, "
             f"zoom depth {len(self.path) - 1}"
-            + (f" · **{len(matches):,} match the filter** ({len(data.hits_in(tree.root)):,} in all)"
+            + (f" · **{len(matches):,} match the filter** ({len(data.hits_in(tree.root)):,} in all"
+               f"{', selected on the Map' if self.external is not None else ''})"
                if matches is not None else "")
             + f"  \n{tree.meta.get('method', '')} tree on `{tree.meta.get('layer') or 'logits'}`")
         self.export.filename = f"cluster_{node}.csv"
@@ -326,19 +343,9 @@ class DendroMapView(param.Parameterized):
             return
         self.image = index
         neighbours, distances = found
-        data, dataset = self.data, ws.dataset
-        big = image_grid_html([dataset.read(index)], [dataset.ids[index]], size=160,
-                              flagged=[bool(data.wrong[index])])
-        grid = image_grid_html([dataset.read(int(i)) for i in neighbours], [f"{d:.3g}" for d in distances],
-                               titles=[image_title(data, int(i)) for i in neighbours],
-                               flagged=[bool(data.wrong[i]) for i in neighbours], size=56, css_class="na-neighbours")
-        label, pred = int(data.labels[index]), int(data.predictions[index])
-        wrong = " · <b style='color:#d62728'>misclassified</b>" if data.wrong[index] else ""
-        self.detail.object = (
-            f"<h4 style='margin:4px 0'>Image {html.escape(dataset.ids[index])}</h4>{big}"
-            f"<p>label <b>{html.escape(data.class_name(label))}</b> · predicted "
-            f"<b>{html.escape(data.class_name(pred))}</b>{wrong}</p>"
-            f"<p>Nearest neighbours (distance in the clustered representation):</p>{grid}")
+        self.detail.object = image_detail_html(
+            ws.dataset.read, ws.dataset.ids, ws.dataset.class_name, self.data.labels, self.data.predictions,
+            index, neighbours, distances, "Nearest neighbours (distance in the clustered representation)")
 
     def _on_unit_row(self, event) -> None:
         """Choosing a top unit sets it in the Neurons tab and colours the map by it."""

@@ -8,6 +8,7 @@ import panel as pn
 from netatlas.app.config import AppConfig
 from netatlas.app.dendromap_view import DendroMapView
 from netatlas.app.loader_view import LoaderView
+from netatlas.app.map_view import MapView
 from netatlas.app.model_view import ModelView
 from netatlas.app.neurons_view import NeuronsView
 from netatlas.app.residual_view import ResidualView
@@ -31,13 +32,15 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     loader = LoaderView(state)
     neurons = NeuronsView(state)
     dendromap = DendroMapView(state, neurons)
+    embedding_map = MapView(state, neurons, dendromap)
     views = [("Model", ModelView(state)), ("Neurons", neurons), ("DendroMap", dendromap),
-             ("Residual", ResidualView(state))]
+             ("Map", embedding_map), ("Residual", ResidualView(state))]
     tabs = pn.Tabs(*views, dynamic=False, sizing_mode="stretch_width")
 
-    async def on_tab(event) -> None:  # the tree is built when its tab is first shown
-        dendromap.shown = views[event.new][1] is dendromap
-        await dendromap.activate()
+    async def on_tab(event) -> None:  # the tree and the map are computed when their tab is first shown
+        for view in (dendromap, embedding_map):
+            view.shown = views[event.new][1] is view
+            await view.activate()
     tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[tabs], sidebar_width=320,

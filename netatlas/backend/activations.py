@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal
 
@@ -113,28 +114,60 @@ def captured_layers(model: nn.Module, layers: Iterable[str],
 def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
                         layers: Iterable[str] = (), reduction: Reduction = "mean",
                         batch_size: int = 256, device: str | torch.device = "auto",
-                        progress: Progress | None = None) -> Activations:
+                        progress: Progress | None = None, rows: range | None = None,
+                        num_workers: int | None = None) -> Activations:
     """Run ``dataset`` through ``model`` once, capturing ``layers`` with forward hooks.
 
     Reductions happen on the device, so only [batch, units] crosses to the host. Hooks are removed
-    even when the pass fails.
+    even when the pass fails. ``rows`` (contiguous) limits the pass to those images, row i of the
+    result being image ``rows[i]``: a shard of a distributed pass (backend.sharded). ``num_workers``
+    goes to ``dataset.batches`` (0: decode files in this process, as a daemonic Dask worker must).
     """
     layers = list(dict.fromkeys(layers))
+    if rows is not None:
+        dataset = row_slice(dataset, rows)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     with captured_layers(model, layers, reduction) as captured:
-        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction)
+        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction,
+                    num_workers)
+
+
+def row_slice(dataset: ImageDataset, rows: range) -> ImageDataset:
+    """Images ``rows`` of ``dataset`` as a dataset of their own (a view: arrays are not copied).
+
+    When ``rows.start`` is a multiple of the batch size, its batches hold exactly the images of
+    the full dataset's batches, so a pass over the slices equals one pass over the whole.
+    """
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(dataset):
+        raise ValueError(f"rows must be a contiguous range within 0..{len(dataset)}, got {rows}")
+    part = slice(rows.start, rows.stop)
+    return dataclasses.replace(
+        dataset, ids=dataset.ids[part], labels=dataset.labels[part],
+        read=_OffsetReader(dataset.read, rows.start),
+        meta={key: values[part] for key, values in dataset.meta.items()},
+        array=None if dataset.array is None else dataset.array[part])
+
+
+class _OffsetReader:
+    """``read(i)`` of a slice: image ``start + i`` of the whole (picklable, for DataLoader workers)."""
+
+    def __init__(self, read: Callable[[int], np.ndarray], start: int) -> None:
+        self.read, self.start = read, start
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.read(self.start + i)
 
 
 def _run(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing, layers: list[str],
          captured: dict[str, torch.Tensor], batch_size: int, dev: torch.device,
-         progress: Progress | None, reduction: Reduction) -> Activations:
+         progress: Progress | None, reduction: Reduction, num_workers: int | None = None) -> Activations:
     n = len(dataset)
     out: dict[str, np.ndarray] = {}
     logits = np.empty(0, dtype=np.float32)
     done = 0
     with torch.inference_mode():
-        for indices, x in dataset.batches(preprocessing, batch_size):
+        for indices, x in dataset.batches(preprocessing, batch_size, num_workers):
             captured.clear()
             y = first_tensor(model(x.to(dev, non_blocking=True))).float()
             y = y.reshape(len(y), -1)

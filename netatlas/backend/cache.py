@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -82,25 +82,13 @@ class ResultCache:
               float_columns: tuple[str, ...] = ()) -> Path:
         """Write atomically; ``float_columns`` get byte-stream-split encoding (better zstd ratios)."""
         path = self.path(kind, inputs)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = dict(table.schema.metadata or {})
         meta[META_KEY] = canonical_json({"kind": kind, **inputs}).encode()
-        table = table.replace_schema_metadata(meta)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".parquet")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pq.write_table(
-                    table, f, compression="zstd",
-                    use_byte_stream_split=[f"{c}.list.element" for c in float_columns] or False,
-                    use_dictionary=[c for c in table.column_names if c not in float_columns])
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_parquet_atomic(path, table.replace_schema_metadata(meta), float_columns)
+
+    def parts_dir(self, kind: str, inputs: dict[str, Any]) -> Path:
+        """A folder ``root/<kind>/<key>/`` for results written in parts (one file per Dask worker task)."""
+        return self.root / kind / cache_key({"kind": kind, **inputs})
 
     def get_or_compute(self, kind: str, inputs: dict[str, Any], compute: Callable[[], pa.Table],
                        float_columns: tuple[str, ...] = ()) -> pa.Table:
@@ -128,6 +116,34 @@ class ResultCache:
                 yield
             finally:
                 fcntl.flock(lockfile, fcntl.LOCK_UN)
+
+
+def write_parquet_atomic(path: Path, table: pa.Table, float_columns: tuple[str, ...] = ()) -> Path:
+    """zstd Parquet written through ``atomic_file``; ``float_columns`` (fixed-size lists of float32)
+    get byte-stream-split encoding, which zstd compresses better."""
+    with atomic_file(path) as f:
+        pq.write_table(table, f, compression="zstd",
+                       use_byte_stream_split=[f"{c}.list.element" for c in float_columns] or False,
+                       use_dictionary=[c for c in table.column_names if c not in float_columns])
+    return path
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """A temp file in ``path``'s folder, fsynced and renamed over ``path`` when the block succeeds and
+    removed when it fails: readers see the old file or the new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def vectors_to_arrow(values: np.ndarray) -> pa.FixedSizeListArray:

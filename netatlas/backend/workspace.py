@@ -6,7 +6,7 @@ import json
 import threading
 from dataclasses import asdict
 from functools import cached_property
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,8 @@ from netatlas.backend.activations import Activations, Progress, Reduction, extra
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
 from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
-from netatlas.backend.datasets import ImageDataset
+from netatlas.backend.datasets import DEMO_NAME, ImageDataset
+from netatlas.backend.embedding import EmbedSettings, Embedding, embed
 from netatlas.backend.facets import FacetReport, FacetSettings, build_facets, penultimate_layer
 from netatlas.backend.featviz import FeatvizSettings, Objective
 from netatlas.backend.model_info import describe_model
@@ -26,23 +27,33 @@ from netatlas.backend.residual_blocks import find_residual_units, parse_units
 from netatlas.backend.residual_paths import PathSettings, ResidualReport, analyze_paths
 from netatlas.errors import NetatlasError
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 # Bump when the way activations are computed changes: every cached activation is then recomputed.
 ACTIVATIONS_VERSION = 1
 RESIDUAL_VERSION = 2
 FACETS_VERSION = 1
 CLUSTER_VERSION = 1
+EMBEDDING_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
 
 
 class Workspace:
-    """Cached activations of ``loaded.model`` on ``dataset``; each layer is its own cache entry."""
+    """Cached activations of ``loaded.model`` on ``dataset``; each layer is its own cache entry.
+
+    With ``dask`` (a distributed Client) missing activations are extracted on its workers, which
+    load the dataset from ``source`` (its path, or ``demo``; inferred for the demo and folders).
+    """
 
     def __init__(self, loaded: LoadedModel, dataset: ImageDataset, cache: ResultCache | None = None,
-                 device: str = "auto", batch_size: int = 256) -> None:
+                 device: str = "auto", batch_size: int = 256, dask: Client | None = None,
+                 source: str | None = None) -> None:
         self.loaded, self.dataset = loaded, dataset
         self.cache = cache or ResultCache()
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        self.dask, self.source = dask, source
         # One computation on the model at a time: residual analyses patch its forwards, and a
         # concurrent extraction (another tab of the same session) must never see those patches.
         self.model_lock = threading.RLock()
@@ -66,9 +77,12 @@ class Workspace:
                   for name in layers}
         missing = [name for name, table in cached.items() if table is None]
         if outputs is None or missing:
-            with self.model_lock:
-                fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
-                                            missing, reduction, self.batch_size, self.device, progress)
+            if self.dask is not None:
+                fresh = self._extract_on_dask(missing, reduction, progress)
+            else:
+                with self.model_lock:
+                    fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
+                                                missing, reduction, self.batch_size, self.device, progress)
             self._write(fresh, missing, reduction)
             logits, predictions = fresh.logits, fresh.predictions
             values = {name: fresh.layers[name] for name in missing}
@@ -82,6 +96,37 @@ class Workspace:
             if table is not None:
                 values[name] = arrow_to_vectors(table.column("values"))
         return Activations(logits, predictions, {name: values[name] for name in layers}, reduction)
+
+    def _extract_on_dask(self, layers: list[str], reduction: Reduction,
+                         progress: Progress | None) -> Activations:
+        """The pass sharded over the Dask workers into a parts folder of the cache, then read back.
+
+        A complete parts folder for the same inputs (a run whose per-layer writes were cut short)
+        is reused; the per-layer entries written after it serve later runs without Dask.
+        """
+        from netatlas.backend.sharded import ModelSpec, extract_sharded, parts_to_activations, read_manifest
+
+        inputs = self._inputs(layers=sorted(layers), reduction=reduction)
+        out_dir = self.cache.parts_dir("activations-parts", inputs)
+        with self.cache.lock("activations-parts", inputs):
+            manifest = read_manifest(out_dir, inputs)
+            if manifest is None or manifest["dataset"] != self.dataset.manifest_hash:
+                manifest = extract_sharded(ModelSpec.from_loaded(self.loaded), self._dataset_source(), layers,
+                                           reduction, out_dir, self.dask, self.batch_size, progress, inputs)
+            elif progress:
+                progress(len(self.dataset), len(self.dataset))
+        if manifest["dataset"] != self.dataset.manifest_hash:
+            raise NetatlasError(f"the Dask workers read another dataset from {self._dataset_source()} than "
+                                "this process holds: give them the same files at the same path")
+        return parts_to_activations(out_dir, layers, reduction)
+
+    def _dataset_source(self) -> str:
+        """What workers pass to ``load_dataset``: the given source, else the demo or the folder's root."""
+        root = getattr(self.dataset.read, "root", None)
+        source = self.source or (DEMO_NAME if self.dataset.name == DEMO_NAME else root)
+        if source is None:
+            raise NetatlasError("extracting on Dask needs the dataset's path (Workspace source=...)")
+        return str(source)
 
     def _write(self, fresh: Activations, layers: list[str], reduction: Reduction) -> None:
         self.cache.write("outputs", self._inputs(), pa.table(self._output_columns(fresh)),
@@ -184,3 +229,21 @@ class Workspace:
         tree.meta["layer"] = layer
         self.cache.write("cluster", inputs, tree.to_table())
         return tree
+
+    def embedding(self, layer: str | None = None, reduction: Reduction = "mean",
+                  settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
+        """The 2-D map of ``layer``'s representation (None: the default, "": the logits), cached."""
+        layer, x, _ = self.representation(layer, reduction, progress)
+        inputs = self._inputs(analysis="embedding", embedding_version=EMBEDDING_VERSION, layer=layer,
+                              reduction=reduction, settings=asdict(settings))
+        cached = self.cache.read("embedding", inputs)
+        if cached is not None and cached.num_rows == len(self.dataset):
+            method = (cached.schema.metadata or {}).get(b"netatlas.embedding.method", b"umap").decode()
+            return Embedding(np.column_stack([cached.column("x").to_numpy(), cached.column("y").to_numpy()]),
+                             cached.column("fitted").to_numpy(), method)
+        result = embed(x, settings, progress)
+        table = pa.table({"index": np.arange(len(x)), "x": result.xy[:, 0], "y": result.xy[:, 1],
+                          "fitted": result.fitted})
+        table = table.replace_schema_metadata({b"netatlas.embedding.method": result.method.encode()})
+        self.cache.write("embedding", inputs, table)
+        return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -44,3 +44,24 @@ def image_grid_html(images: Sequence[np.ndarray], captions: Sequence[str], *, si
             f'<img src="{png_data_uri(image)}" width="{size}" height="{size}" loading="lazy" alt="">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     return f'{GRID_CSS}<div class="na-grid {css_class}">{"".join(cells)}</div>'
+
+
+def image_detail_html(read: Callable[[int], np.ndarray], ids: Sequence[str], class_name: Callable[[int], str],
+                      labels: np.ndarray, predictions: np.ndarray, index: int, neighbours: Sequence[int],
+                      distances: Sequence[float], heading: str = "Nearest neighbours") -> str:
+    """One image large with its label and prediction, then its nearest neighbours with distances."""
+    wrong = (labels >= 0) & (predictions != labels)
+
+    def title(i: int) -> str:
+        return (f"{ids[i]} · label {class_name(int(labels[i]))} · predicted {class_name(int(predictions[i]))}"
+                + (" (wrong)" if wrong[i] else ""))
+
+    big = image_grid_html([read(index)], [ids[index]], size=160, flagged=[bool(wrong[index])])
+    grid = image_grid_html([read(int(i)) for i in neighbours], [f"{d:.3g}" for d in distances],
+                           titles=[title(int(i)) for i in neighbours], flagged=[bool(wrong[i]) for i in neighbours],
+                           size=56, css_class="na-neighbours")
+    flag = " · <b style='color:#d62728'>misclassified</b>" if wrong[index] else ""
+    return (f"<h4 style='margin:4px 0'>Image {html.escape(ids[index])}</h4>{big}"
+            f"<p>label <b>{html.escape(class_name(int(labels[index])))}</b> · predicted "
+            f"<b>{html.escape(class_name(int(predictions[index])))}</b>{flag}</p>"
+            f"<p>{html.escape(heading)}:</p>{grid}")

@@ -1,0 +1,208 @@
+"""Benchmark: the Map tab (``viz.embedding``, ``backend.embedding``) and extraction on Dask.
+
+1. Zoom: the server's whole work for one view of the map (``render``: datashader aggregate, shading,
+   spreading, the HoloViews element) at 1M and 10M points, coloured by class, over a zoom sequence
+   (whole map, then 4x and 32x in), median of the views; with a highlighted 10% subset too. Targets:
+   <= 300 ms at 1M and <= 1.5 s at 10M. Baseline in the same run: ``np.histogram2d`` of the same
+   points for the same view (the plain count a hand-written renderer would start from).
+2. UMAP of 100,000 x 512 (PCA to 50 first): fit time, reported (no target); baseline the PCA map of
+   the same data.
+3. A million points: UMAP fitted on a 200,000 sample, the other 800,000 placed by their 15 nearest
+   fitted neighbours (target <= 5 minutes in all). Baseline: umap-learn's own ``transform`` on 20,000
+   of those rows, timed and extrapolated; how far its positions are from ours (median distance over
+   the map's spread) says what the faster placement costs.
+4. Extraction on a 2-worker Dask LocalCluster against one process, on 20,000 demo digits (tiled):
+   the time ratio and whether the Parquet parts equal the single-process result exactly
+   (bench/dask_extract.py).
+
+Data for 1-3: 10 classes of 5 sub-modes in a 32-D latent space embedded in 512-D with noise (the
+mixture of bench/cluster.py); for 1, a 2-D map of 40 blobs (what a UMAP of 10 classes looks like).
+Each part prints the load other processes put on the machine; nothing gates, the exit code is 0
+unless the benchmark itself fails.
+
+    python bench/embed.py [--quick] [--skip-umap] [--skip-dask]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from cluster import mixture  # bench/ is on sys.path when run as a script
+from machine_load import OtherLoad
+from netatlas.backend.embedding import EmbedSettings, embed, pca
+from netatlas.viz.embedding import MapPoints, render
+
+ZOOM_TARGETS_MS = {1_000_000: 300.0, 10_000_000: 1500.0}
+MILLION_TARGET_S = 300.0
+WIDTH, HEIGHT = 640, 520
+
+summary: dict[str, str] = {}
+
+
+def out(name: str, value: str, note: str = "") -> None:
+    print(f"  {name:<44} {value:>16}  {note}", flush=True)
+
+
+def report_load(load: OtherLoad) -> None:
+    share = load.share()
+    if share is not None:
+        flag = "  (busy machine: timings are not trustworthy)" if share > 0.25 else ""
+        print(f"  other processes used {share:.0%} of the CPU meanwhile{flag}", flush=True)
+
+
+def median_ms(fn: Callable[[], object], repeats: int = 5) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def blob_map(n: int, seed: int = 0) -> MapPoints:
+    """n points in 40 2-D blobs of varied size and spread, labelled by 10 classes."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-10, 10, (40, 2))
+    which = rng.integers(0, 40, n)
+    xy = centres[which] + rng.normal(0, 1, (n, 2)) * rng.uniform(0.2, 1.0, 40)[which, None]
+    labels = which % 10
+    predictions = np.where(rng.random(n) < 0.9, labels, rng.integers(0, 10, n))
+    return MapPoints.build(xy.astype(np.float32), labels, predictions, [str(i) for i in range(10)])
+
+
+def views(points: MapPoints) -> list[tuple[tuple[float, float], tuple[float, float]]]:
+    """The whole map, then 4x and 32x zooms around a busy point."""
+    x0, y0, x1, y1 = points.bounds
+    cx, cy = points.xy[0]
+    out_ = [((x0, x1), (y0, y1))]
+    for factor in (4, 32):
+        hw, hh = (x1 - x0) / factor / 2, (y1 - y0) / factor / 2
+        out_.append(((cx - hw, cx + hw), (cy - hh, cy + hh)))
+    return out_
+
+
+def zoom(n: int) -> None:
+    print(f"\n1. zoom at {n:,} points (render = aggregate + shade + spread + HoloViews element)")
+    points = blob_map(n)
+    load = OtherLoad()
+    highlight = np.arange(0, n, 10)
+    render(points, "class", width=WIDTH, height=HEIGHT)             # numba compiles once
+    render(points, "class", width=WIDTH, height=HEIGHT, highlight=highlight[:10])
+    ours, lit, base = [], [], []
+    for x_range, y_range in views(points):
+        ours.append(median_ms(lambda: render(points, "class", x_range, y_range, WIDTH, HEIGHT)))
+        lit.append(median_ms(lambda: render(points, "class", x_range, y_range, WIDTH, HEIGHT, highlight), 3))
+        base.append(median_ms(lambda: np.histogram2d(points.xy[:, 1], points.xy[:, 0], (HEIGHT, WIDTH),
+                                                     (y_range, x_range)), 3))
+    med, med_lit, med_base = np.median(ours), np.median(lit), np.median(base)
+    target = ZOOM_TARGETS_MS[n] if n in ZOOM_TARGETS_MS else None
+    out("render, coloured by class (median of views)", f"{med:.0f} ms",
+        f"views {', '.join(f'{t:.0f}' for t in ours)} ms" + (f"; target <= {target:.0f} ms" if target else ""))
+    out("  with 10% highlighted", f"{med_lit:.0f} ms")
+    out("baseline: np.histogram2d count only", f"{med_base:.0f} ms", f"ratio ours/baseline {med / med_base:.2f}x")
+    report_load(load)
+    if target:
+        summary[f"zoom {n:,}"] = f"{med:.0f} ms ({'meets' if med <= target else 'MISSES'} <= {target:.0f} ms)"
+
+
+def umap_100k(n: int) -> None:
+    print(f"\n2. UMAP of {n:,} x 512 (PCA to 50 first)")
+    x, _ = mixture(n)
+    load = OtherLoad()
+    start = time.perf_counter()
+    pca(x, 2)
+    pca_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = embed(x, EmbedSettings(seed=None, fit_sample=n))
+    umap_s = time.perf_counter() - start
+    out("UMAP fit (all rows, parallel)", f"{umap_s:.1f} s", f"{result.n_fitted:,} fitted")
+    out("baseline: PCA map of the same rows", f"{pca_s:.2f} s", f"ratio {umap_s / pca_s:.0f}x")
+    report_load(load)
+    summary[f"UMAP {n:,} x 512"] = f"{umap_s:.1f} s"
+
+
+def million(n: int, fit: int, compare: int) -> None:
+    print(f"\n3. {n:,} x 512: UMAP fitted on {fit:,}, the rest placed")
+    x, labels = mixture(n)
+    load = OtherLoad()
+    timings: dict[str, float] = {}
+    last = [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:     # the fit ends when progress first reaches `fit`
+        if done >= fit and "fit" not in timings:
+            timings["fit"] = time.perf_counter() - last[0]
+    start = time.perf_counter()
+    settings = EmbedSettings(seed=None, fit_sample=fit)
+    result = embed(x, settings, progress)
+    total = time.perf_counter() - start
+    placed = total - timings.get("fit", 0.0)
+    out("total (PCA + fit + placement)", f"{total:.1f} s", f"target <= {MILLION_TARGET_S:.0f} s")
+    out("  of which placing the rest", f"{placed:.1f} s", f"{1e6 * placed / (n - fit):.1f} us a row")
+    summary[f"UMAP {n:,} (sample {fit:,})"] = (f"{total:.0f} s "
+                                               f"({'meets' if total <= MILLION_TARGET_S else 'MISSES'} <= 300 s)")
+    _against_umap_transform(x, result, settings, compare)
+    report_load(load)
+
+
+def _against_umap_transform(x: np.ndarray, result, settings: EmbedSettings, compare: int) -> None:
+    """umap-learn's own transform (the fitted model) of some placed rows: its time and positions."""
+    from netatlas.backend.embedding import place
+
+    fitted = np.flatnonzero(result.fitted)
+    rest = np.flatnonzero(~result.fitted)[:compare]
+    reduced = pca(x, settings.pca_dims, settings.seed)
+    start = time.perf_counter()
+    theirs = result.model.transform(reduced[rest])
+    theirs_s = time.perf_counter() - start
+    start = time.perf_counter()
+    mine = place(reduced[rest], reduced[fitted], result.xy[fitted], settings.n_neighbors)
+    mine_s = time.perf_counter() - start
+    spread = float(np.linalg.norm(result.xy[fitted].std(0)))
+    gap = float(np.median(np.linalg.norm(mine - theirs, axis=1)) / spread)
+    per_row = theirs_s / len(rest)
+    out(f"baseline: umap-learn transform of {len(rest):,} rows", f"{theirs_s:.1f} s",
+        f"ours {mine_s:.1f} s on the same rows ({theirs_s / mine_s:.0f}x faster; includes our index build); "
+        f"umap for all {len(x) - len(fitted):,}: ~{per_row * (len(x) - len(fitted)) / 60:.0f} min")
+    out("median distance ours vs umap transform", f"{gap:.3f}", "in units of the map's spread")
+    summary["placement vs umap transform"] = f"{theirs_s / mine_s:.0f}x faster, median gap {gap:.3f} spread"
+
+
+def dask_part(n: int) -> None:
+    print(f"\n4. extraction of {n:,} demo digits: 2-worker Dask LocalCluster vs one process")
+    from dask_extract import measure
+
+    load = OtherLoad()
+    r = measure(n_images=n)
+    out("one process", f"{r['single_s']:.1f} s")
+    out("2-worker LocalCluster", f"{r['dask_s']:.1f} s", f"speed-up {r['speedup']:.2f}x")
+    out("Parquet parts equal the single-process result", str(r["parts_equal_single"]))
+    report_load(load)
+    summary["dask extraction"] = f"{r['speedup']:.2f}x, parts equal: {r['parts_equal_single']}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run of every part")
+    parser.add_argument("--skip-umap", action="store_true", help="skip parts 2 and 3")
+    parser.add_argument("--skip-dask", action="store_true", help="skip part 4")
+    args = parser.parse_args(argv)
+    for n in ((100_000,) if args.quick else (1_000_000, 10_000_000)):
+        zoom(n)
+    if not args.skip_umap:
+        umap_100k(10_000 if args.quick else 100_000)
+        million(*((60_000, 20_000, 2_000) if args.quick else (1_000_000, 200_000, 20_000)))
+    if not args.skip_dask:
+        dask_part(2_000 if args.quick else 20_000)
+    print("\nsummary")
+    for name, value in summary.items():
+        print(f"  {name:<40} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

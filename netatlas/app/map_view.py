@@ -1,0 +1,315 @@
+"""The Map tab: a UMAP of a representation, one point per image, rendered by datashader on the server.
+
+Pan and zoom re-aggregate the points for the new view (the browser only ever gets an image); hover
+shows the image under the pointer, a tap its details and nearest neighbours, and box or lasso select
+shows the selected images with per-class counts and highlights them in the DendroMap tab. A cluster
+opened in the DendroMap is highlighted here in turn.
+"""
+
+from __future__ import annotations
+
+import html
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from netatlas.app.dendromap_view import DendroMapView
+from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
+from netatlas.app.state import AppState
+from netatlas.app.thumbnails import thumbnail_src
+from netatlas.backend.class_stats import class_stats
+from netatlas.backend.embedding import EmbedSettings
+from netatlas.backend.neighbors import nearest_neighbors
+from netatlas.backend.workspace import Workspace
+from netatlas.viz.embedding import MapPoints, legend_html, render
+from netatlas.viz.images import image_detail_html, image_grid_html
+
+WIDTH, HEIGHT = 640, 520
+HOVER_PX = 8                 # hover and tap pick the nearest image within this many pixels
+GRID_IMAGES = 48
+COLOR_BY = {"Class": "class", "Predicted class": "predicted", "Correct / misclassified": "correct",
+            "Cluster (DendroMap tree)": "cluster", "Neuron (from the Neurons tab)": "value", "Density": "density"}
+METHODS = {"UMAP": "umap", "PCA (fast)": "pca"}
+
+
+class MapView(param.Parameterized):
+    def __init__(self, state: AppState, neurons: NeuronsView, dendromap: DendroMapView, **params) -> None:
+        super().__init__(**params)
+        self.state, self.neurons, self.dendromap = state, neurons, dendromap
+        self.points: MapPoints | None = None
+        self.vectors: np.ndarray | None = None
+        self.predictions: np.ndarray | None = None
+        self.selection: np.ndarray | None = None       # image indices chosen by box or lasso
+        self.shown = False
+        self._building: tuple | None = None
+        self._colouring: tuple | None = None           # what the colour columns were last set for
+        self._view_ranges: tuple = (None, None)        # the plot's current x and y ranges
+        self._last_bounds: tuple | None = None        # the last box and lasso applied
+        self._last_lasso: bytes | None = None
+        self.layer = pn.widgets.Select(name="Representation", width=250, css_classes=["na-map-rep"])
+        self.method = pn.widgets.Select(name="Method", options=list(METHODS), value="UMAP", width=120)
+        self.color_by = pn.widgets.Select(name="Colour by", options=list(COLOR_BY), value="Class", width=220,
+                                          css_classes=["na-map-color"])
+        self.follow = pn.widgets.Checkbox(name="highlight the DendroMap cluster", value=True, width=240,
+                                          margin=(30, 10, 5, 10))
+        self.clear = pn.widgets.Button(name="Clear selection", button_type="light", width=130,
+                                       margin=(22, 10, 5, 10), css_classes=["na-map-clear"])
+        self.legend = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-map-legend-pane"])
+        self.summary = pn.pane.Markdown("Open this tab to map the dataset.", sizing_mode="stretch_width",
+                                        css_classes=["na-map-summary"])
+        self.plot = pn.pane.HoloViews(None, width=WIDTH + 20, height=HEIGHT + 20, css_classes=["na-map"])
+        self.hover = pn.pane.HTML("", width=220, min_height=120, css_classes=["na-map-hover"])
+        self.selected = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-map-selection"])
+        self.counts = pn.widgets.Tabulator(pd.DataFrame(), disabled=True, show_index=False, height=220,
+                                           hidden_columns=["label"], layout="fit_data_fill",
+                                           sizing_mode="stretch_width", css_classes=["na-map-counts"])
+        self.detail = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-map-detail"])
+        self._refresh = hv.streams.Stream.define("Refresh", version=0)()
+        state.param.watch(self._on_workspace, "workspace")
+        self.layer.param.watch(self._on_source, "value")
+        self.method.param.watch(self._on_source, "value")
+        self.color_by.param.watch(lambda _: self.redraw(), "value")
+        self.follow.param.watch(lambda _: self.redraw(), "value")
+        self.clear.on_click(lambda _: self.select(None))
+        neurons.rendered.append(self._on_neuron)
+        dendromap.navigated.append(self._on_dendromap)
+        self._quiet = False
+
+    # ----------------------------------------------------------------------------- data
+    async def _on_workspace(self, event: param.parameterized.Event) -> None:
+        ws: Workspace | None = event.new
+        self.points = self.vectors = self.predictions = self.selection = None
+        self.plot.object = None
+        if ws is None:
+            return
+        self._quiet = True
+        try:
+            self.layer.param.update(options=layer_options(ws.modules, "logits (model output)"),
+                                    value=ws.representation_layer() or LOGITS)
+        finally:
+            self._quiet = False
+        self.summary.object = "Open this tab to map the dataset."
+        await self.activate()
+
+    async def _on_source(self, _event=None) -> None:
+        if not self._quiet:
+            self.points = None
+            await self.activate()
+
+    async def activate(self) -> None:
+        """Compute the map when the tab is on screen and has none (first visit, new model or layer)."""
+        ws, key = self.state.workspace, (self.state.workspace, self.layer.value, self.method.value)
+        if self.shown and self.points is not None:
+            self.redraw()
+        if not self.shown or self.points is not None or ws is None or self._building == key:
+            return
+        self._building = key
+        try:
+            await self._build(ws, self.layer.value, METHODS[self.method.value])
+        finally:
+            if self._building == key:
+                self._building = None
+
+    async def _build(self, ws: Workspace, layer: str, method: str) -> None:
+        name = "" if layer == LOGITS else layer
+
+        def work(progress):
+            embedding = ws.embedding(name, settings=EmbedSettings(method=method), progress=progress)
+            _, vectors, acts = ws.representation(name)
+            return embedding, vectors, acts.predictions
+
+        label = f"Mapping {len(ws.dataset):,} images on {layer} ({method.upper()})"
+        result = await self.state.run(label, work)
+        if result is None or ws is not self.state.workspace or layer != self.layer.value:
+            return
+        embedding, self.vectors, self.predictions = result
+        self.points = MapPoints.build(embedding.xy, ws.dataset.labels, self.predictions, ws.dataset.classes)
+        self.selection, self._colouring = None, None
+        self.summary.object = (
+            f"**{embedding.method.upper()} map** of {len(ws.dataset):,} images on `{name or 'logits'}`"
+            + (f" (fitted on {embedding.n_fitted:,}, the rest placed by their nearest fitted neighbours)"
+               if embedding.n_fitted < len(ws.dataset) else "")
+            + ". Scroll to zoom, drag to pan; the toolbar's box and lasso select images.")
+        self.plot.object = self._dynamic_map()
+        self._show_selection()
+        self.redraw()
+
+    def _dynamic_map(self) -> hv.DynamicMap:
+        """The plot: re-rendered on the server for every view (RangeXY) and for every change of
+        colouring or highlight (the Refresh stream); hover, tap, box and lasso streams on top."""
+        # Box and lasso are streams of the map itself, so HoloViews re-renders it with the selection
+        # highlighted in the same update (a refresh raised from their subscribers never reaches the page).
+        dmap = hv.DynamicMap(self._view, streams=[hv.streams.RangeXY(), self._refresh, hv.streams.BoundsXY(),
+                                                  hv.streams.Lasso()])
+        x0, y0, x1, y1 = self.points.bounds
+        dmap = dmap.opts(hv.opts.RGB(
+            width=WIDTH, height=HEIGHT, xlim=(x0, x1), ylim=(y0, y1), xaxis=None, yaxis=None,
+            tools=["box_select", "lasso_select", "tap"], active_tools=["pan", "wheel_zoom"],
+            default_tools=["pan", "wheel_zoom", "reset"]))
+        hv.streams.PointerXY(source=dmap).add_subscriber(self._on_pointer)
+        hv.streams.Tap(source=dmap).add_subscriber(self._on_tap)
+        return dmap
+
+    def _view(self, x_range=None, y_range=None, version=0, bounds=None, geometry=None) -> hv.RGB:
+        """One view of the map (the DynamicMap's callback): datashader on the points in range, with a
+        new box or lasso selection applied first."""
+        points = self.points
+        self._view_ranges = (x_range, y_range)
+        if bounds is not None and bounds != self._last_bounds:
+            self._last_bounds = bounds
+            self._on_box(bounds)
+        lasso = None if geometry is None else np.asarray(geometry, float)
+        if lasso is not None and lasso.tobytes() != self._last_lasso:
+            self._last_lasso = lasso.tobytes()
+            self._on_lasso(lasso)
+        return render(points, COLOR_BY[self.color_by.value], x_range, y_range, WIDTH, HEIGHT, self._highlight())
+
+    # ----------------------------------------------------------------------------- colour and highlight
+    def redraw(self) -> None:
+        if self.points is None or self._quiet:
+            return
+        color_by = COLOR_BY[self.color_by.value]
+        title = self._prepare_colouring(color_by)
+        self.legend.object = legend_html(self.points, color_by, title)
+        self._refresh.event(version=self._refresh.version + 1)
+
+    def _prepare_colouring(self, color_by: str) -> str:
+        """Fill the cluster or value column the colouring needs; the legend's title."""
+        if color_by == "cluster":
+            tree = self.dendromap.tree
+            if tree is None or tree.n_images != len(self.points):
+                self.color_by.value = "Class"
+                self.state.error("Colour by cluster needs the DendroMap tree: open the DendroMap tab first")
+                return "class"
+            k = int(self.dendromap.k.value)
+            key = ("cluster", id(tree), k)
+            if self._colouring != key:
+                cluster = np.empty(tree.n_images, np.int64)
+                nodes = tree.frontier(tree.root, k)
+                for i, node in enumerate(nodes):
+                    cluster[tree.images(node)] = i
+                self.points.set_clusters(cluster, [f"#{node} ({tree.count[node]:,})" for node in nodes])
+                self._colouring = key
+            return f"top {len(self.points.categories['cluster'])} DendroMap clusters"
+        if color_by == "value":
+            values = self.neurons.current_values()
+            if values is None or len(values) != len(self.points):
+                self.points.set_values(np.zeros(len(self.points), np.float32))
+                return "no unit chosen in the Neurons tab"
+            layer, unit = self.neurons.current_unit()
+            self.points.set_values(values)
+            return f"activation of unit {unit} of {layer or 'the logits'}"
+        return {"class": "true class", "predicted": "predicted class", "correct": "prediction",
+                "density": "images per pixel"}[color_by]
+
+    def _highlight(self) -> np.ndarray | None:
+        """The selection when there is one; else the DendroMap's open cluster (when followed)."""
+        if self.selection is not None:
+            return self.selection
+        tree, path = self.dendromap.tree, self.dendromap.path
+        if self.follow.value and tree is not None and path and path[-1] != tree.root \
+                and tree.n_images == len(self.points):
+            return tree.images(path[-1])
+        return None
+
+    def _on_neuron(self) -> None:
+        if self.shown and COLOR_BY[self.color_by.value] == "value":
+            self.redraw()
+
+    def _on_dendromap(self) -> None:
+        """The DendroMap opened another cluster or was rebuilt: follow it, and give it our selection."""
+        if self.points is None:
+            return
+        if self.selection is not None and self.dendromap.external is None:
+            self.dendromap.highlight_images(self.selection)
+        if self.shown:
+            self.redraw()
+
+    # ----------------------------------------------------------------------------- pointer and selection
+    def _pixel(self) -> float:
+        """Data units per screen pixel in the current view."""
+        x_range = self._view_ranges[0] or self.points.bounds[::2]
+        return abs(x_range[1] - x_range[0]) / WIDTH
+
+    def _on_pointer(self, x=None, y=None) -> None:
+        if self.points is None or x is None or y is None:
+            return
+        index = self.points.nearest(x, y, HOVER_PX * self._pixel())
+        if index is None:
+            return
+        ws = self.state.workspace
+        label, pred = int(ws.dataset.labels[index]), int(self.predictions[index])
+        self.hover.object = (
+            f"<div class='na-hovered'><img src='{thumbnail_src(ws.dataset, index)}' width='120' height='120' "
+            f"style='image-rendering:pixelated;border:1px solid #ccc'><br><b>{html.escape(ws.dataset.ids[index])}"
+            f"</b><br>label {html.escape(ws.dataset.class_name(label))} · predicted "
+            f"{html.escape(ws.dataset.class_name(pred))}</div>")
+
+    def _on_tap(self, x=None, y=None) -> None:
+        if self.points is None or x is None or y is None:
+            return
+        index = self.points.nearest(x, y, HOVER_PX * self._pixel())
+        if index is not None:
+            async def show() -> None:
+                await self.show_image(index)
+            pn.state.execute(show)
+
+    async def show_image(self, index: int) -> None:
+        """Details of a tapped image and its nearest neighbours in the mapped representation."""
+        ws, vectors = self.state.workspace, self.vectors
+        found = await self.state.run("Finding nearest neighbours", lambda _: nearest_neighbors(vectors, index, 8))
+        if found is None or ws is not self.state.workspace:
+            return
+        self.detail.object = image_detail_html(
+            ws.dataset.read, ws.dataset.ids, ws.dataset.class_name, ws.dataset.labels, self.predictions, index,
+            *found, "Nearest neighbours (distance in the mapped representation, not on the map)")
+
+    def _on_box(self, bounds) -> None:
+        self._set_selection(self.points.in_box(*bounds))
+
+    def _on_lasso(self, geometry: np.ndarray) -> None:
+        if len(geometry) >= 3:
+            self._set_selection(self.points.in_polygon(geometry[:, 0], geometry[:, 1]))
+
+    def select(self, images: np.ndarray | None) -> None:
+        """Select images (None clears) and redraw the map with them highlighted."""
+        self._set_selection(images)
+        self.redraw()
+
+    def _set_selection(self, images: np.ndarray | None) -> None:
+        """Set the selection (None or empty clears): grid, class counts, highlight here and in DendroMap."""
+        if images is not None and len(images) == 0:
+            images = None
+        self.selection = None if images is None else np.asarray(images, np.int64)
+        self._show_selection()
+        self.dendromap.highlight_images(self.selection)
+
+    def _show_selection(self) -> None:
+        ws, chosen = self.state.workspace, self.selection
+        if chosen is None or ws is None:
+            self.selected.object = "<p class='na-map-empty'>No images selected: use the box or lasso tool.</p>"
+            self.counts.value = pd.DataFrame()
+            return
+        shown = chosen[np.linspace(0, len(chosen) - 1, min(GRID_IMAGES, len(chosen))).astype(int)]
+        labels, preds = ws.dataset.labels, self.predictions
+        wrong = (labels >= 0) & (labels != preds)
+        grid = image_grid_html([ws.dataset.read(int(i)) for i in shown],
+                               [ws.dataset.class_name(int(labels[i])) for i in shown],
+                               titles=[f"{ws.dataset.ids[i]} · predicted {ws.dataset.class_name(int(preds[i]))}"
+                                       for i in shown],
+                               flagged=[bool(wrong[i]) for i in shown], size=48, css_class="na-map-grid")
+        accuracy = "" if not (labels[chosen] >= 0).any() else \
+            f", accuracy {1 - wrong[chosen].sum() / (labels[chosen] >= 0).sum():.1%}"
+        self.selected.object = (f"<p class='na-map-count'><b>{len(chosen):,} images selected</b>{accuracy}"
+                                f"{f' (showing {len(shown)})' if len(shown) < len(chosen) else ''}; "
+                                f"highlighted in the DendroMap tab</p>{grid}")
+        self.counts.value = class_stats(labels[chosen], preds[chosen], ws.dataset.classes).round(4)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        controls = pn.FlexBox(self.layer, self.method, self.color_by, self.follow, self.clear)
+        side = pn.Column("#### Under the pointer", self.hover, "#### Selected classes", self.counts, width=380)
+        return pn.Column(controls, self.summary, self.legend, pn.Row(self.plot, side),
+                         self.selected, self.detail, sizing_mode="stretch_width")

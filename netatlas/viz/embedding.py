@@ -1,0 +1,230 @@
+"""The embedding map: every image a point at its 2-D position, aggregated by datashader into one pixel
+grid per view, so a zoom costs one pass over the points however many there are (1M in well under a
+second on two cores) and the browser receives an image, never the points.
+
+``MapPoints`` holds the positions and the columns the map can be coloured by; ``render`` turns a view
+(x and y ranges, pixel size, colouring, highlighted images) into a HoloViews RGB element; selection
+helpers (``nearest``, ``in_box``, ``in_polygon``) answer hover, tap, box and lasso in data units.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import colorcet
+import datashader as ds
+import datashader.transfer_functions as tf
+import holoviews as hv
+import numpy as np
+import pandas as pd
+from matplotlib.path import Path as PolygonPath
+
+ColorBy = Literal["class", "predicted", "correct", "cluster", "value", "density"]
+CATEGORICAL = ("class", "predicted", "correct", "cluster")
+CORRECTNESS = ["correct", "misclassified", "unlabeled"]
+CORRECTNESS_COLORS = ["#3a7fc1", "#d62728", "#9a9a9a"]
+VALUE_CMAP = colorcet.fire[40:]           # dark to bright; low activations stay visible on white
+DENSITY_CMAP = colorcet.blues[60:]
+
+
+@dataclass
+class MapPoints:
+    """Positions ``x``, ``y`` and categorical columns (pandas categoricals, as datashader's
+    ``count_cat`` needs) of every image; ``value`` (a unit's activation) and ``cluster`` are set later."""
+
+    frame: pd.DataFrame
+    class_names: list[str]
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, xy: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+              class_names: list[str]) -> "MapPoints":
+        names = [str(c) for c in class_names] or ["?"]
+        correct = np.where(labels < 0, 2, np.where(labels == predictions, 0, 1))
+        frame = pd.DataFrame({
+            "x": np.asarray(xy[:, 0], np.float32), "y": np.asarray(xy[:, 1], np.float32),
+            "class": _categorical(labels, names + ["unlabeled"], missing=len(names)),
+            "predicted": _categorical(predictions, names + ["?"], missing=len(names)),
+            "correct": pd.Categorical.from_codes(correct, CORRECTNESS),
+            "value": np.zeros(len(xy), np.float32)})
+        points = cls(frame, names)
+        points.categories = {"class": list(frame["class"].cat.categories),
+                             "predicted": list(frame["predicted"].cat.categories), "correct": CORRECTNESS}
+        return points
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def set_clusters(self, cluster_of_image: np.ndarray, names: list[str]) -> None:
+        """Colour-by-cluster column: ``cluster_of_image[i]`` indexes ``names``."""
+        self.frame["cluster"] = pd.Categorical.from_codes(np.asarray(cluster_of_image, np.int64), names)
+        self.categories["cluster"] = list(names)
+
+    def set_values(self, values: np.ndarray) -> None:
+        self.frame["value"] = np.asarray(values, np.float32)
+
+    @cached_property
+    def xy(self) -> np.ndarray:
+        return self.frame[["x", "y"]].to_numpy(np.float64)
+
+    @cached_property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(x0, y0, x1, y1) framing every point with a 2% margin."""
+        lo, hi = self.xy.min(0), self.xy.max(0)
+        pad = np.maximum((hi - lo) * 0.02, 1e-6)
+        return float(lo[0] - pad[0]), float(lo[1] - pad[1]), float(hi[0] + pad[0]), float(hi[1] + pad[1])
+
+    @cached_property
+    def _kdtree(self):
+        from scipy.spatial import cKDTree
+
+        return cKDTree(self.xy)
+
+    # ------------------------------------------------------------------------- selection
+    def nearest(self, x: float, y: float, within: float) -> int | None:
+        """The image nearest (x, y) if it lies within ``within`` data units, else None."""
+        distance, index = self._kdtree.query([x, y], distance_upper_bound=within)
+        return None if not np.isfinite(distance) else int(index)
+
+    def in_box(self, x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
+        x, y = self.xy[:, 0], self.xy[:, 1]
+        (x0, x1), (y0, y1) = sorted((x0, x1)), sorted((y0, y1))
+        return np.flatnonzero((x >= x0) & (x <= x1) & (y >= y0) & (y <= y1))
+
+    def in_polygon(self, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        """Images inside a lasso; only those in its bounding box are tested against the polygon."""
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        if len(xs) < 3:
+            return np.empty(0, np.int64)
+        candidates = self.in_box(xs.min(), ys.min(), xs.max(), ys.max())
+        inside = PolygonPath(np.column_stack([xs, ys])).contains_points(self.xy[candidates])
+        return candidates[inside]
+
+
+def _categorical(codes: np.ndarray, names: list[str], missing: int) -> pd.Categorical:
+    codes = np.asarray(codes, np.int64)
+    return pd.Categorical.from_codes(np.where((codes >= 0) & (codes < missing), codes, missing), names)
+
+
+# ----------------------------------------------------------------------------- aggregation and shading
+def aggregate(points: MapPoints | pd.DataFrame, color_by: ColorBy, x_range: tuple[float, float],
+              y_range: tuple[float, float], width: int, height: int):
+    """datashader's [height, width(, category)] aggregate of the points in the view."""
+    frame = points.frame if isinstance(points, MapPoints) else points
+    canvas = ds.Canvas(plot_width=max(int(width), 1), plot_height=max(int(height), 1),
+                       x_range=tuple(map(float, x_range)), y_range=tuple(map(float, y_range)))
+    if color_by in CATEGORICAL:
+        reduction = ds.count_cat(color_by)
+    elif color_by == "value":
+        reduction = ds.mean("value")
+    else:
+        reduction = ds.count()
+    return canvas.points(frame, "x", "y", agg=reduction)
+
+
+def category_colors(points: MapPoints, color_by: str) -> dict[str, str]:
+    """A fixed colour per category (by position, so a class keeps its colour across views)."""
+    names = points.categories[color_by]
+    if color_by == "correct":
+        palette = CORRECTNESS_COLORS
+    elif color_by == "cluster":
+        palette = colorcet.glasbey_dark
+    else:
+        palette = colorcet.b_glasbey_category10
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(names)}
+    for other in ("unlabeled", "?"):
+        if other in colors and color_by != "correct":
+            colors[other] = "#9a9a9a"
+    return colors
+
+
+def shade(points: MapPoints, agg, color_by: ColorBy, value_span: tuple[float, float] | None = None,
+          alpha: int = 255) -> tf.Image:
+    """Colour an aggregate: categories mixed by count, values on a fixed span (so a colour means the
+    same activation at every zoom), density on a histogram-equalized ramp; sparse points dilated."""
+    floor = min(alpha, 190)                  # a lone point stays visible next to dense clusters
+    if color_by in CATEGORICAL:
+        image = tf.shade(agg, color_key=category_colors(points, color_by), how="eq_hist",
+                         min_alpha=floor, alpha=alpha)
+    elif color_by == "value":
+        image = tf.shade(agg, cmap=VALUE_CMAP, how="linear", span=value_span, alpha=alpha, min_alpha=floor)
+    else:
+        image = tf.shade(agg, cmap=DENSITY_CMAP, how="eq_hist", alpha=alpha, min_alpha=floor)
+    return tf.dynspread(image, threshold=0.75, max_px=4)
+
+
+def shaded_view(points: MapPoints, color_by: ColorBy, x_range: tuple[float, float],
+                y_range: tuple[float, float], width: int, height: int,
+                highlight: np.ndarray | None = None) -> tf.Image:
+    """The shaded view; with ``highlight`` (image indices) the rest fades and those keep their colour."""
+    span = _value_span(points) if color_by == "value" else None
+    base = aggregate(points, color_by, x_range, y_range, width, height)
+    if highlight is None:
+        return shade(points, base, color_by, span)
+    chosen = points.frame.iloc[np.asarray(highlight, np.int64)]
+    top = aggregate(chosen, color_by, x_range, y_range, width, height)
+    return tf.stack(shade(points, base, color_by, span, alpha=45), shade(points, top, color_by, span))
+
+
+def render(points: MapPoints, color_by: ColorBy, x_range: tuple[float, float] | None = None,
+           y_range: tuple[float, float] | None = None, width: int = 640, height: int = 520,
+           highlight: np.ndarray | None = None) -> hv.RGB:
+    """One view of the map as a HoloViews RGB element (what the Map tab's DynamicMap returns)."""
+    x0, y0, x1, y1 = points.bounds
+    x_range = x_range if x_range and None not in x_range else (x0, x1)
+    y_range = y_range if y_range and None not in y_range else (y0, y1)
+    image = shaded_view(points, color_by, x_range, y_range, width, height, highlight)
+    return hv.RGB(_rgba(image), bounds=(x_range[0], y_range[0], x_range[1], y_range[1]), kdims=["x", "y"])
+
+
+def _rgba(image: tf.Image) -> np.ndarray:
+    """datashader's packed uint32 RGBA -> [H, W, 4] uint8 with the first row at the top (HoloViews)."""
+    data = np.asarray(image.data, dtype=np.uint32)
+    rgba = data.view(np.uint8).reshape(*data.shape, 4)
+    return np.flipud(rgba)
+
+
+def _value_span(points: MapPoints) -> tuple[float, float]:
+    values = points.frame["value"].to_numpy()
+    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return (lo, hi if hi > lo else lo + 1.0)
+
+
+def map_png(points: MapPoints, color_by: ColorBy = "class", width: int = 800, height: int = 800) -> bytes:
+    """The whole map as a PNG (for the CLI and the README)."""
+    x0, y0, x1, y1 = points.bounds
+    image = shaded_view(points, color_by, (x0, x1), (y0, y1), width, height)
+    out = io.BytesIO()
+    tf.set_background(image, "white").to_pil().save(out, format="PNG")
+    return out.getvalue()
+
+
+# ----------------------------------------------------------------------------- legends
+def legend_html(points: MapPoints, color_by: ColorBy, title: str = "") -> str:
+    """Swatches with counts for categories; a colour bar with its span for values; a density note."""
+    if color_by in CATEGORICAL:
+        counts = points.frame[color_by].value_counts(sort=False)
+        items = "".join(
+            f"<span class='na-map-key' style='margin-right:10px;white-space:nowrap'>"
+            f"<span style='display:inline-block;width:10px;height:10px;background:{color};"
+            f"margin-right:4px;border-radius:2px'></span>{_escape(name)} ({int(counts.get(name, 0)):,})</span>"
+            for name, color in category_colors(points, color_by).items() if counts.get(name, 0))
+        return f"<div class='na-map-legend'><b>{_escape(title or color_by)}</b>: {items}</div>"
+    cmap = VALUE_CMAP if color_by == "value" else DENSITY_CMAP
+    stops = ", ".join(cmap[int(i)] for i in np.linspace(0, len(cmap) - 1, 8))
+    if color_by == "value":
+        lo, hi = _value_span(points)
+        ends = (f"{lo:.3g}", f"{hi:.3g}")
+    else:
+        ends = ("few", "many images (histogram-equalized)")
+    return (f"<div class='na-map-legend'><b>{_escape(title or color_by)}</b>: {ends[0]} "
+            f"<span class='na-colorbar' style='display:inline-block;width:160px;height:10px;vertical-align:middle;"
+            f"background:linear-gradient(to right, {stops})'></span> {ends[1]}</div>")
+
+
+def _escape(text: object) -> str:
+    return html.escape(str(text))

@@ -1,0 +1,230 @@
+"""The embedding map: datashader's aggregates against numpy, selections against brute force, the
+UMAP/PCA maps against independent computations, caching and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from netatlas.backend.embedding import EmbedSettings, approximate_knn, embed, membership, pca
+from netatlas.errors import NetatlasError
+from netatlas.viz.embedding import MapPoints, aggregate, legend_html, map_png, render
+
+RNG = np.random.default_rng(7)
+
+
+def blobs(n: int, dims: int = 20, k: int = 6, spread: float = 8.0, seed: int = 0):
+    """``k`` well separated Gaussian blobs: (points, blob of each point)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, dims)) * spread
+    which = rng.integers(0, k, n)
+    return (centres[which] + rng.normal(size=(n, dims))).astype(np.float32), which
+
+
+def random_points(n: int = 20_000) -> MapPoints:
+    xy = RNG.normal(size=(n, 2)).astype(np.float32)
+    labels = RNG.integers(-1, 5, n)                   # -1: unlabeled
+    predictions = RNG.integers(0, 5, n)
+    return MapPoints.build(xy, labels, predictions, [f"c{i}" for i in range(5)])
+
+
+def numpy_counts(points: MapPoints, x_range, y_range, width, height, mask=None) -> np.ndarray:
+    """[height, width] counts by np.histogram2d on the same bins (datashader's rows run along y)."""
+    xy = points.xy if mask is None else points.xy[mask]
+    counts, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=(height, width), range=(y_range, x_range))
+    return counts
+
+
+# ----------------------------------------------------------------------------- datashader vs numpy
+@pytest.mark.parametrize("view", [((-4.0, 4.0), (-4.0, 4.0), 64, 48), ((-0.5, 1.25), (-1.0, 0.3), 37, 29)])
+def test_count_aggregate_equals_numpy_histogram(view):
+    points = random_points()
+    x_range, y_range, width, height = view
+    agg = aggregate(points, "density", x_range, y_range, width, height)
+    assert agg.shape == (height, width)
+    assert np.array_equal(agg.values, numpy_counts(points, x_range, y_range, width, height))
+
+
+@pytest.mark.parametrize("column", ["class", "predicted", "correct"])
+def test_categorical_aggregate_counts_each_category(column):
+    points = random_points()
+    x_range, y_range, width, height = (-2.0, 3.0), (-3.0, 2.0), 50, 40
+    agg = aggregate(points, column, x_range, y_range, width, height)
+    codes = points.frame[column].cat.codes.to_numpy()
+    for i, name in enumerate(points.categories[column]):
+        expected = numpy_counts(points, x_range, y_range, width, height, codes == i)
+        assert np.array_equal(agg.sel({column: name}).values, expected), name
+
+
+def test_value_aggregate_is_the_mean_per_pixel():
+    points = random_points(5_000)
+    values = RNG.normal(size=len(points)).astype(np.float32)
+    points.set_values(values)
+    x_range, y_range, width, height = (-3.0, 3.0), (-3.0, 3.0), 12, 10
+    agg = aggregate(points, "value", x_range, y_range, width, height).values
+    counts = numpy_counts(points, x_range, y_range, width, height)
+    sums, _, _ = np.histogram2d(points.xy[:, 1], points.xy[:, 0], bins=(height, width),
+                                range=(y_range, x_range), weights=values)
+    filled = counts > 0
+    assert np.isnan(agg[~filled]).all()
+    np.testing.assert_allclose(agg[filled], sums[filled] / counts[filled], rtol=1e-5, atol=1e-6)
+
+
+def test_render_highlight_keeps_chosen_points_and_fades_the_rest():
+    points = random_points(5_000)
+    chosen = np.flatnonzero(points.xy[:, 0] > 1)
+    plain = render(points, "class", (-4, 4), (-4, 4), 80, 80).data
+    lit = render(points, "class", (-4, 4), (-4, 4), 80, 80, highlight=chosen).data
+    alpha_plain, alpha_lit = plain[..., 3].astype(int), lit[..., 3].astype(int)
+    left = np.zeros_like(alpha_plain, bool)
+    left[:, :30] = True                                     # x < -1: no chosen point can reach it
+    assert alpha_lit[left & (alpha_plain > 0)].max() <= 45                   # faded
+    right = alpha_plain[:, 55:] > 0                                         # x > 1.5: all chosen
+    assert alpha_lit[:, 55:][right].min() >= 190                            # drawn at full strength
+
+
+# ----------------------------------------------------------------------------- selection vs brute force
+def test_box_polygon_and_nearest_equal_brute_force():
+    points = random_points(8_000)
+    x, y = points.xy[:, 0], points.xy[:, 1]
+    box = np.flatnonzero((x >= -0.3) & (x <= 1.1) & (y >= -2) & (y <= 0.4))
+    assert np.array_equal(points.in_box(1.1, 0.4, -0.3, -2), box)      # corners in any order
+
+    tri = np.array([[-1.0, -1.0], [2.0, -0.5], [0.0, 1.5]])            # barycentric inside test
+    (ax, ay), (bx, by), (cx, cy) = tri
+    det = (by - cy) * (ax - cx) + (cx - bx) * (ay - cy)
+    l1 = ((by - cy) * (x - cx) + (cx - bx) * (y - cy)) / det
+    l2 = ((cy - ay) * (x - cx) + (ax - cx) * (y - cy)) / det
+    inside = np.flatnonzero((l1 > 0) & (l2 > 0) & (1 - l1 - l2 > 0))
+    assert np.array_equal(points.in_polygon(tri[:, 0], tri[:, 1]), inside)
+    assert len(points.in_polygon([0, 1], [0, 1])) == 0                  # not a polygon
+
+    d = np.hypot(x - 0.2, y + 0.1)
+    assert points.nearest(0.2, -0.1, within=1.0) == int(np.argmin(d))
+    assert points.nearest(50, 50, within=1.0) is None
+
+
+def test_legends_name_every_present_category_and_the_value_span():
+    points = random_points(2_000)
+    html = legend_html(points, "class", "true class")
+    counts = points.frame["class"].value_counts()
+    for name in points.categories["class"]:
+        assert f"{name} ({counts[name]:,})" in html
+    points.set_values(np.linspace(-2, 5, len(points)))
+    assert "-2" in legend_html(points, "value") and "5" in legend_html(points, "value")
+
+
+def test_map_png_is_a_picture_of_the_points():
+    png = map_png(random_points(3_000), "class", 120, 100)
+    import io
+
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert image.shape == (100, 120, 3) and (image < 250).any()
+
+
+# ----------------------------------------------------------------------------- the maps
+def test_pca_map_is_sklearns_first_two_components():
+    from sklearn.decomposition import PCA
+
+    x, _ = blobs(600, dims=12)
+    ours = embed(x, EmbedSettings(method="pca")).xy
+    theirs = PCA(2).fit_transform(x)
+    for j in range(2):                                         # equal up to sign and scale
+        assert abs(np.corrcoef(ours[:, j], theirs[:, j])[0, 1]) > 0.999
+
+
+def manifold(n: int, seed: int) -> np.ndarray:
+    """Points near a curved 3-D surface in 16-D, as learned representations are (low intrinsic dims)."""
+    rng = np.random.default_rng(seed)
+    latent = rng.uniform(-2, 2, (n, 3))
+    lift = np.random.default_rng(0).normal(size=(6, 16))
+    features = np.column_stack([latent, np.sin(2 * latent)])
+    return (features @ lift + 0.05 * rng.normal(size=(n, 16))).astype(np.float32)
+
+
+def test_approximate_knn_finds_the_exact_neighbours():
+    base, queries = manifold(6_000, 1), manifold(800, 2)
+    index, distance = approximate_knn(queries, base, 10)
+    exact = torch.cdist(torch.from_numpy(queries), torch.from_numpy(base)).topk(10, largest=False)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(index, exact.indices.numpy())])
+    assert recall > 0.9
+    np.testing.assert_allclose(distance, np.linalg.norm(queries[:, None] - base[index], axis=2), rtol=1e-3, atol=1e-3)
+
+
+def test_membership_is_umaps_smooth_knn():
+    distances = np.sort(RNG.random((50, 15)) * 3, axis=1).astype(np.float32)
+    weights = membership(distances)
+    assert np.allclose(weights[:, 0], 1)                       # the nearest neighbour is certain
+    np.testing.assert_allclose(weights.sum(1), np.log2(15), rtol=1e-4)
+    assert (np.diff(weights, axis=1) <= 1e-7).all()            # farther is never more likely
+
+
+def test_umap_map_separates_blobs_and_places_the_unfitted_rows():
+    x, blob = blobs(1_500, dims=20)
+    result = embed(x, EmbedSettings(fit_sample=1_000, n_neighbors=10, seed=0))
+    assert result.method == "umap" and result.n_fitted == 1_000 and result.xy.shape == (1_500, 2)
+    fitted, placed = np.flatnonzero(result.fitted), np.flatnonzero(~result.fitted)
+    # Each placed row lands among fitted rows of its own blob (5-nearest vote in the map).
+    d = np.linalg.norm(result.xy[placed, None] - result.xy[None, fitted], axis=2)
+    votes = blob[fitted][np.argsort(d, axis=1)[:, :5]]
+    agree = (votes == blob[placed, None]).mean(1) > 0.5
+    assert agree.mean() > 0.97
+
+
+def test_embedding_refuses_non_finite_and_empty_inputs():
+    x, _ = blobs(100)
+    x[3, 2] = np.nan
+    with pytest.raises(NetatlasError, match="NaN"):
+        embed(x)
+    with pytest.raises(NetatlasError, match="shape"):
+        embed(np.zeros((0, 4), np.float32))
+    with pytest.raises(NetatlasError, match="unknown embedding method"):
+        embed(blobs(100)[0], EmbedSettings(method="tsne"))  # type: ignore[arg-type]
+
+
+def test_tiny_datasets_fall_back_to_pca():
+    x, _ = blobs(5, dims=6)
+    result = embed(x, EmbedSettings(n_neighbors=15))
+    assert result.method == "pca" and result.xy.shape == (5, 2)
+
+
+def test_pca_helper_keeps_few_dimensions_as_they_are():
+    x, _ = blobs(50, dims=4)
+    np.testing.assert_allclose(pca(x, 8), x - x.mean(0), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- cache and CLI
+def test_workspace_embedding_is_cached(small_loaded, small_dataset, cache_dir, monkeypatch):
+    from netatlas.backend.cache import ResultCache
+    from netatlas.backend.workspace import Workspace
+
+    settings = EmbedSettings(method="pca")
+    first = Workspace(small_loaded, small_dataset, ResultCache(cache_dir), device="cpu").embedding(None, settings=settings)
+    import netatlas.backend.workspace as workspace
+
+    monkeypatch.setattr(workspace, "embed", lambda *a, **k: pytest.fail("recomputed a cached map"))
+    again = Workspace(small_loaded, small_dataset, ResultCache(cache_dir), device="cpu").embedding(None, settings=settings)
+    assert np.array_equal(first.xy, again.xy) and again.method == "pca"
+    assert np.array_equal(again.fitted, np.ones(len(small_dataset), bool))
+
+
+def test_cli_embed_writes_the_table_and_a_picture(tmp_path, capsys):
+    from netatlas.cli import main
+
+    out, png = tmp_path / "map.parquet", tmp_path / "map.png"
+    assert main(["embed", "demo", "demo", "--method", "pca", "--cache-dir", str(tmp_path / "cache"),
+                 "-o", str(out), "--png", str(png)]) == 0
+    table = pq.read_table(out).to_pandas()
+    assert len(table) == 5000 and {"id", "label", "prediction", "x", "y", "fitted"} <= set(table.columns)
+    assert Image.open(png).size == (800, 800)
+    assert "pca map of 5,000 images" in capsys.readouterr().out
+
+
+def test_cli_embed_rejects_bad_settings(tmp_path, capsys):
+    from netatlas.cli import main
+
+    assert main(["embed", "demo", "demo", "--neighbors", "1", "--cache-dir", str(tmp_path)]) == 2
+    assert "--neighbors" in capsys.readouterr().err
