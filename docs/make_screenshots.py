@@ -1,7 +1,7 @@
 """Regenerate the README's screenshots: serve the demo, open each view in headless Chromium.
 
     .venv/bin/python docs/make_screenshots.py              # every view
-    .venv/bin/python docs/make_screenshots.py dendromap    # only the named ones
+    .venv/bin/python docs/make_screenshots.py dendromap map    # only the named ones
 """
 
 from __future__ import annotations
@@ -52,6 +52,22 @@ def dendromap(page) -> None:
     page.screenshot(path=OUT / "dendromap.png")
 
 
+def map_view(page) -> None:
+    from tests.browser.test_map import box_select, coloured_pixel
+
+    page.set_viewport_size({"width": 1400, "height": 1250})
+    page.get_by_text("Map", exact=True).click()
+    expect(page.locator(".na-map-legend")).to_contain_text("true class", timeout=300_000)
+    plot = page.locator(".na-map canvas").first
+    page.locator(".na-map .bk-tool-icon-box-select").first.click()
+    box_select(page, plot.bounding_box(), 0.02, 0.35, 0.6, 0.75)
+    expect(page.locator(".na-map-count")).to_contain_text("selected", timeout=30_000)
+    page.mouse.move(*coloured_pixel(page, plot))
+    expect(page.locator(".na-hovered img")).to_be_visible(timeout=30_000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=OUT / "map.png")
+
+
 def residual(page) -> None:
     page.set_viewport_size({"width": 1400, "height": 2300})
     page.get_by_text("Residual", exact=True).click()
@@ -61,7 +77,8 @@ def residual(page) -> None:
     page.screenshot(path=OUT / "residual.png")
 
 
-VIEWS = {"model": model, "neurons": neurons, "facets": facets, "dendromap": dendromap, "residual": residual}
+VIEWS = {"model": model, "neurons": neurons, "facets": facets, "dendromap": dendromap, "map": map_view,
+         "residual": residual}
 
 
 def main(names: list[str]) -> None:

@@ -67,10 +67,13 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     plain = page.evaluate(IMAGE_SUM)
     assert plain > 0
 
-    # Hover over a drawn point: its image and labels show.
-    page.mouse.move(*coloured_pixel(page, plot))
+    # Hover over a drawn point: its image and labels show; a tap opens it with its neighbours.
+    point = coloured_pixel(page, plot)
+    page.mouse.move(*point)
     expect(page.locator(".na-hovered img")).to_be_visible(timeout=30_000)
     expect(page.locator(".na-hovered")).to_contain_text("predicted")
+    page.mouse.click(*point)
+    expect(page.locator(".na-map-detail .na-neighbours img")).to_have_count(8, timeout=30_000)
 
     # Box select over the whole plot: every image, and the class table counts all of them.
     page.locator(".na-map .bk-tool-icon-box-select").first.click()
