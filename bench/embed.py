@@ -113,6 +113,9 @@ def zoom(n: int) -> None:
 def umap_100k(n: int) -> None:
     print(f"\n2. UMAP of {n:,} x 512 (PCA to 50 first)")
     x, _ = mixture(n)
+    start = time.perf_counter()
+    embed(x[:500], EmbedSettings(seed=None))                       # numba compiles umap's kernels once
+    out("warm-up: numba compiling umap (500 rows)", f"{time.perf_counter() - start:.1f} s", "not counted below")
     load = OtherLoad()
     start = time.perf_counter()
     pca(x, 2)

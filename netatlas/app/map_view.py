@@ -47,8 +47,7 @@ class MapView(param.Parameterized):
         self._building: tuple | None = None
         self._colouring: tuple | None = None           # what the colour columns were last set for
         self._view_ranges: tuple = (None, None)        # the plot's current x and y ranges
-        self._last_bounds: tuple | None = None        # the last box and lasso applied
-        self._last_lasso: bytes | None = None
+        self._pending: list[tuple[str, object]] = []   # box or lasso selections not yet applied
         self.layer = pn.widgets.Select(name="Representation", width=250, css_classes=["na-map-rep"])
         self.method = pn.widgets.Select(name="Method", options=list(METHODS), value="UMAP", width=120)
         self.color_by = pn.widgets.Select(name="Colour by", options=list(COLOR_BY), value="Class", width=220,
@@ -142,8 +141,13 @@ class MapView(param.Parameterized):
         colouring or highlight (the Refresh stream); hover, tap, box and lasso streams on top."""
         # Box and lasso are streams of the map itself, so HoloViews re-renders it with the selection
         # highlighted in the same update (a refresh raised from their subscribers never reaches the page).
-        dmap = hv.DynamicMap(self._view, streams=[hv.streams.RangeXY(), self._refresh, hv.streams.BoundsXY(),
-                                                  hv.streams.Lasso()])
+        # Transient: HoloViews drops an event equal to the last one unless the stream is transient,
+        # and the same box again after a lasso is a new selection. Subscribers run before the
+        # re-render and note which tool fired.
+        box, lasso = hv.streams.BoundsXY(transient=True), hv.streams.Lasso(transient=True)
+        box.add_subscriber(lambda bounds=None: self._pending.append(("box", bounds)))
+        lasso.add_subscriber(lambda geometry=None: self._pending.append(("lasso", geometry)))
+        dmap = hv.DynamicMap(self._view, streams=[hv.streams.RangeXY(), self._refresh, box, lasso])
         x0, y0, x1, y1 = self.points.bounds
         dmap = dmap.opts(hv.opts.RGB(
             width=WIDTH, height=HEIGHT, xlim=(x0, x1), ylim=(y0, y1), xaxis=None, yaxis=None,
@@ -155,16 +159,13 @@ class MapView(param.Parameterized):
 
     def _view(self, x_range=None, y_range=None, version=0, bounds=None, geometry=None) -> hv.RGB:
         """One view of the map (the DynamicMap's callback): datashader on the points in range, with a
-        new box or lasso selection applied first."""
+        new box or lasso selection (noted by the streams' subscribers) applied first."""
         points = self.points
         self._view_ranges = (x_range, y_range)
-        if bounds is not None and bounds != self._last_bounds:
-            self._last_bounds = bounds
-            self._on_box(bounds)
-        lasso = None if geometry is None else np.asarray(geometry, float)
-        if lasso is not None and lasso.tobytes() != self._last_lasso:
-            self._last_lasso = lasso.tobytes()
-            self._on_lasso(lasso)
+        while self._pending:
+            tool, value = self._pending.pop(0)
+            if value is not None:
+                self._on_box(value) if tool == "box" else self._on_lasso(np.asarray(value, float))
         return render(points, COLOR_BY[self.color_by.value], x_range, y_range, WIDTH, HEIGHT, self._highlight())
 
     # ----------------------------------------------------------------------------- colour and highlight

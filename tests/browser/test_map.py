@@ -91,6 +91,23 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     assert class_table_total(page) == chosen
     page.wait_for_function(f"({IMAGE_SUM})() < {plain}", timeout=30_000)  # the rest fades
 
+    # A lasso around the lower left triangle of the plot: other images, still counted per class.
+    page.locator(".na-map .bk-tool-icon-lasso-select").first.click()
+    lasso = [(0.02, 0.02), (0.02, 0.97), (0.9, 0.97), (0.03, 0.03)]
+    page.mouse.move(box["x"] + lasso[0][0] * box["width"], box["y"] + lasso[0][1] * box["height"])
+    page.mouse.down()
+    for fx, fy in lasso[1:]:
+        page.mouse.move(box["x"] + fx * box["width"], box["y"] + fy * box["height"], steps=5)
+    page.mouse.up()
+    expect(page.locator(".na-map-count")).not_to_contain_text(f"{chosen:,} images", timeout=30_000)
+    lassoed = selected_count(page)
+    assert 0 < lassoed < 5000 and class_table_total(page) == lassoed
+
+    # Box again, as a user goes back to the quarter, for the DendroMap check below.
+    page.locator(".na-map .bk-tool-icon-box-select").first.click()
+    box_select(page, box, 0.02, 0.02, 0.5, 0.5)
+    expect(page.locator(".na-map-count")).to_contain_text(f"{chosen:,} images selected", timeout=30_000)
+
     # The DendroMap highlights the same images.
     page.get_by_text("DendroMap", exact=True).click()
     expect(page.locator(".na-tile").first).to_be_visible(timeout=120_000)
