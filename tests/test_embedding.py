@@ -189,6 +189,9 @@ def test_tiny_datasets_fall_back_to_pca():
     x, _ = blobs(5, dims=6)
     result = embed(x, EmbedSettings(n_neighbors=15))
     assert result.method == "pca" and result.xy.shape == (5, 2)
+    single = embed(np.arange(10, dtype=np.float32)[:, None], EmbedSettings(method="pca")).xy
+    assert single.shape == (10, 2) and (single[:, 1] == 0).all()
+    assert abs(np.corrcoef(single[:, 0], np.arange(10))[0, 1]) > 0.999
 
 
 def test_pca_helper_keeps_few_dimensions_as_they_are():

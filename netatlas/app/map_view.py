@@ -33,6 +33,9 @@ GRID_IMAGES = 48
 COLOR_BY = {"Class": "class", "Predicted class": "predicted", "Correct / misclassified": "correct",
             "Cluster (DendroMap tree)": "cluster", "Neuron (from the Neurons tab)": "value", "Density": "density"}
 METHODS = {"UMAP": "umap", "PCA (fast)": "pca"}
+# A seeded UMAP runs on one core; above this many images the page asks for the parallel one (not
+# bit-reproducible across runs, but cached, so reopening shows the same map).
+PARALLEL_ABOVE = 50_000
 
 
 class MapView(param.Parameterized):
@@ -115,8 +118,10 @@ class MapView(param.Parameterized):
     async def _build(self, ws: Workspace, layer: str, method: str) -> None:
         name = "" if layer == LOGITS else layer
 
+        settings = EmbedSettings(method=method, seed=None if len(ws.dataset) > PARALLEL_ABOVE else 0)
+
         def work(progress):
-            embedding = ws.embedding(name, settings=EmbedSettings(method=method), progress=progress)
+            embedding = ws.embedding(name, settings=settings, progress=progress)
             _, vectors, acts = ws.representation(name)
             return embedding, vectors, acts.predictions
 
@@ -174,17 +179,20 @@ class MapView(param.Parameterized):
             return
         color_by = COLOR_BY[self.color_by.value]
         title = self._prepare_colouring(color_by)
+        if title is None:                              # fell back to another colouring, drawn already
+            return
         self.legend.object = legend_html(self.points, color_by, title)
         self._refresh.event(version=self._refresh.version + 1)
 
-    def _prepare_colouring(self, color_by: str) -> str:
-        """Fill the cluster or value column the colouring needs; the legend's title."""
+    def _prepare_colouring(self, color_by: str) -> str | None:
+        """Fill the cluster or value column the colouring needs; the legend's title (None: not
+        possible, and the colouring went back to class)."""
         if color_by == "cluster":
             tree = self.dendromap.tree
             if tree is None or tree.n_images != len(self.points):
-                self.color_by.value = "Class"
                 self.state.error("Colour by cluster needs the DendroMap tree: open the DendroMap tab first")
-                return "class"
+                self.color_by.value = "Class"
+                return None
             k = int(self.dendromap.k.value)
             key = ("cluster", id(tree), k)
             if self._colouring != key:
@@ -192,7 +200,7 @@ class MapView(param.Parameterized):
                 nodes = tree.frontier(tree.root, k)
                 for i, node in enumerate(nodes):
                     cluster[tree.images(node)] = i
-                self.points.set_clusters(cluster, [f"#{node} ({tree.count[node]:,})" for node in nodes])
+                self.points.set_clusters(cluster, [f"#{node}" for node in nodes])
                 self._colouring = key
             return f"top {len(self.points.categories['cluster'])} DendroMap clusters"
         if color_by == "value":

@@ -124,3 +124,9 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     expect(page.locator(".na-crumb")).to_have_count(2, timeout=30_000)
     page.get_by_text("Map", exact=True).click()
     page.wait_for_function(f"({IMAGE_SUM})() < {plain}", timeout=30_000)
+
+    # Colour by the DendroMap's top clusters: the legend lists 8 clusters covering every image.
+    page.locator(".na-map-color select").select_option("Cluster (DendroMap tree)")
+    expect(legend).to_contain_text("top 8 DendroMap clusters", timeout=30_000)
+    sizes = [int(n.replace(",", "")) for n in re.findall(r"#\d+ \(([\d,]+)\)", legend.inner_text())]
+    assert len(sizes) == 8 and sum(sizes) == 5000
