@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist (default 0.1)")
     embed.add_argument("--fit-sample", type=int, default=200_000,
                        help="UMAP is fitted on at most this many images; the rest are placed (default 200000)")
-    embed.add_argument("--seed", type=int, default=0,
-                       help="seed (default 0); -1 for none, which lets UMAP use every core")
+    embed.add_argument("--seed", type=int, default=None,
+                       help="seed; -1 for none, which lets UMAP use every core (default, as the app: "
+                            "0 up to 50,000 images, none above)")
     embed.add_argument("-o", "--output", type=Path, default=None,
                        help="write index, id, label, prediction, x, y, fitted to this .parquet")
     embed.add_argument("--png", type=Path, default=None, help="also render the map, coloured by class, to a PNG")
@@ -366,13 +367,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from netatlas.backend.datasets import load_dataset
-    from netatlas.backend.embedding import EmbedSettings
+    from netatlas.backend.embedding import EmbedSettings, default_seed
 
     if args.neighbors < 2 or args.fit_sample < 3 or not 0 <= args.min_dist <= 1:
         raise NetatlasError("--neighbors must be >= 2, --fit-sample >= 3 and --min-dist between 0 and 1")
     dataset = load_dataset(args.data)
+    seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed
     settings = EmbedSettings(method=args.method, n_neighbors=args.neighbors, min_dist=args.min_dist,
-                             fit_sample=args.fit_sample, seed=None if args.seed < 0 else args.seed)
+                             fit_sample=args.fit_sample, seed=seed)
     start = time.perf_counter()
     with contextlib.ExitStack() as resources, progress_bar("embed", "img") as progress:
         workspace = workspace_from_args(args, dataset, resources=resources)

@@ -174,6 +174,14 @@ def test_umap_map_separates_blobs_and_places_the_unfitted_rows():
     assert agree.mean() > 0.97
 
 
+def test_seeded_up_to_50k_images_parallel_above_with_the_same_fit_sample():
+    from netatlas.backend.embedding import PARALLEL_ABOVE, _fit_rows, default_seed
+
+    assert default_seed(PARALLEL_ABOVE) == 0 and default_seed(PARALLEL_ABOVE + 1) is None
+    settings = EmbedSettings(fit_sample=100, seed=None)
+    assert np.array_equal(_fit_rows(1_000, settings), _fit_rows(1_000, settings))
+
+
 def test_embedding_refuses_non_finite_and_empty_inputs():
     x, _ = blobs(100)
     x[3, 2] = np.nan

@@ -21,7 +21,7 @@ from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
 from netatlas.backend.class_stats import class_stats
-from netatlas.backend.embedding import EmbedSettings
+from netatlas.backend.embedding import EmbedSettings, default_seed
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.embedding import MapPoints, legend_html, render
@@ -33,9 +33,6 @@ GRID_IMAGES = 48
 COLOR_BY = {"Class": "class", "Predicted class": "predicted", "Correct / misclassified": "correct",
             "Cluster (DendroMap tree)": "cluster", "Neuron (from the Neurons tab)": "value", "Density": "density"}
 METHODS = {"UMAP": "umap", "PCA (fast)": "pca"}
-# A seeded UMAP runs on one core; above this many images the page asks for the parallel one (not
-# bit-reproducible across runs, but cached, so reopening shows the same map).
-PARALLEL_ABOVE = 50_000
 
 
 class MapView(param.Parameterized):
@@ -118,7 +115,7 @@ class MapView(param.Parameterized):
     async def _build(self, ws: Workspace, layer: str, method: str) -> None:
         name = "" if layer == LOGITS else layer
 
-        settings = EmbedSettings(method=method, seed=None if len(ws.dataset) > PARALLEL_ABOVE else 0)
+        settings = EmbedSettings(method=method, seed=default_seed(len(ws.dataset)))
 
         def work(progress):
             embedding = ws.embedding(name, settings=settings, progress=progress)

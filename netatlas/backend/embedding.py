@@ -23,6 +23,9 @@ from netatlas.errors import NetatlasError
 
 Progress = Callable[[int, int], None]
 Method = Literal["umap", "pca"]
+# A seeded UMAP runs on one core; above this many images the app and CLI ask for the parallel one
+# (not bit-reproducible across runs, but cached, so reopening shows the same map).
+PARALLEL_ABOVE = 50_000
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,11 @@ class Embedding:
     @property
     def n_fitted(self) -> int:
         return int(self.fitted.sum())
+
+
+def default_seed(n: int) -> int | None:
+    """Seed 0 (reproducible) up to ``PARALLEL_ABOVE`` images, None (parallel) above."""
+    return 0 if n <= PARALLEL_ABOVE else None
 
 
 def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
@@ -169,10 +177,10 @@ def _checked(x: np.ndarray) -> np.ndarray:
 
 
 def _fit_rows(n: int, settings: EmbedSettings) -> np.ndarray:
-    """All rows up to ``fit_sample``; a seeded uniform sample (sorted) above it."""
+    """All rows up to ``fit_sample``; a uniform sample (sorted, seeded even when UMAP is not) above it."""
     if n <= settings.fit_sample:
         return np.arange(n)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(settings.seed or 0)
     return np.sort(rng.choice(n, settings.fit_sample, replace=False))
 
 
