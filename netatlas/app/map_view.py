@@ -114,7 +114,6 @@ class MapView(param.Parameterized):
 
     async def _build(self, ws: Workspace, layer: str, method: str) -> None:
         name = "" if layer == LOGITS else layer
-
         settings = EmbedSettings(method=method, seed=default_seed(len(ws.dataset)))
 
         def work(progress):
@@ -128,7 +127,7 @@ class MapView(param.Parameterized):
             return
         embedding, self.vectors, self.predictions = result
         self.points = MapPoints.build(embedding.xy, ws.dataset.labels, self.predictions, ws.dataset.classes)
-        self.selection, self._colouring = None, None
+        self.selection, self._colouring, self._pending = None, None, []
         self.summary.object = (
             f"**{embedding.method.upper()} map** of {len(ws.dataset):,} images on `{name or 'logits'}`"
             + (f" (fitted on {embedding.n_fitted:,}, the rest placed by their nearest fitted neighbours)"
@@ -166,8 +165,12 @@ class MapView(param.Parameterized):
         self._view_ranges = (x_range, y_range)
         while self._pending:
             tool, value = self._pending.pop(0)
-            if value is not None:
-                self._on_box(value) if tool == "box" else self._on_lasso(np.asarray(value, float))
+            if value is None:
+                continue
+            if tool == "box":
+                self._on_box(value)
+            else:
+                self._on_lasso(np.asarray(value, float))
         return render(points, COLOR_BY[self.color_by.value], x_range, y_range, WIDTH, HEIGHT, self._highlight())
 
     # ----------------------------------------------------------------------------- colour and highlight
