@@ -158,6 +158,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
                         help="interface to bind (default 127.0.0.1; serving wider exposes your files)")
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another host name the page may be reached by (repeatable)")
+    add_dask_args(parser)
     parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=None,
                         help="open a browser (default: when a display is available)")
     add_model_args(parser, positional=False)

@@ -27,6 +27,8 @@ class AppConfig:
     trust_pickle: bool = False
     loopback: bool = True
     preprocessing: Preprocessing | None = None  # launch flags; apply to the launch checkpoint only
+    dask: str | None = None                     # --dask: scheduler address or "local"
+    dask_client: Any = None                     # its Client, connected by the server at start
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppConfig":
@@ -42,7 +44,8 @@ class AppConfig:
                    arch_kwargs=args.arch_kwargs, roots=AllowedRoots.of(*roots),
                    cache_dir=args.cache_dir, device=args.device, trust_pickle=args.trust_pickle,
                    loopback=is_loopback(args.address),
-                   preprocessing=preprocessing_from_args(args, checkpoint_path(args.checkpoint)))
+                   preprocessing=preprocessing_from_args(args, checkpoint_path(args.checkpoint)),
+                   dask=getattr(args, "dask", None))
 
     @property
     def allow_trust_pickle(self) -> bool:

@@ -119,7 +119,8 @@ class LoaderView(param.Parameterized):
             loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
                                      preprocessing=preprocessing)
             dataset = load_dataset(data)
-            workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device)
+            workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device,
+                                  dask=config.dask_client, source=str(data))
             workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
             return workspace
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import socket
@@ -57,10 +58,16 @@ def serve(args: argparse.Namespace) -> None:
     url = f"http://{'localhost' if config.loopback else hosts[0]}:{args.port}/"
     print(f"netatlas: serving {url} (checkpoint {args.checkpoint}, data {args.data}; Ctrl-C to stop)",
           file=sys.stderr, flush=True)
-    server.start()
-    if show:
-        server.io_loop.add_callback(server.show, "/")
-    try:
-        server.io_loop.start()
-    except KeyboardInterrupt:
-        print("netatlas: stopped", file=sys.stderr)
+    with contextlib.ExitStack() as resources:
+        if config.dask:                      # every session extracts on these workers
+            from netatlas.backend.sharded import connect
+
+            config.dask_client = resources.enter_context(connect(config.dask))
+            print(f"netatlas: extracting on Dask at {config.dask}", file=sys.stderr, flush=True)
+        server.start()
+        if show:
+            server.io_loop.add_callback(server.show, "/")
+        try:
+            server.io_loop.start()
+        except KeyboardInterrupt:
+            print("netatlas: stopped", file=sys.stderr)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests.browser.conftest import open_app
+from tests.browser.conftest import open_app, start_server, stop
 
 pytestmark = pytest.mark.browser
 
@@ -130,3 +130,18 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     expect(legend).to_contain_text("top 8 DendroMap clusters", timeout=30_000)
     sizes = [int(n.replace(",", "")) for n in re.findall(r"#\d+ \(([\d,]+)\)", legend.inner_text())]
     assert len(sizes) == 8 and sum(sizes) == 5000
+
+
+def test_served_with_dask_the_map_is_extracted_on_its_workers(page, tmp_path):
+    """`serve --dask local`: the page's activations come from Parquet parts written by the workers."""
+    server = start_server(tmp_path, "--dask", "local")
+    try:
+        open_app(page, server.url, "blocks.5")
+        page.get_by_text("Map", exact=True).click()
+        page.locator(".na-map-color select").select_option("Correct / misclassified")
+        expect(page.locator(".na-map-legend")).to_contain_text("correct (4,", timeout=300_000)
+        manifests = list((tmp_path / "cache" / "activations-parts").glob("*/_manifest.json"))
+        assert manifests and list(manifests[0].parent.glob("part-*.parquet"))
+        assert "extracting on Dask at local" in server.log.read_text()
+    finally:
+        stop(server)
