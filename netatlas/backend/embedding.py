@@ -61,6 +61,8 @@ def default_seed(n: int) -> int | None:
 
 def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
     """Embed the rows of ``x`` in 2-D (see the module docstring); ``progress`` gets (rows placed, N)."""
+    if settings.method not in ("umap", "pca"):
+        raise NetatlasError(f"unknown embedding method {settings.method!r}: use umap or pca")
     x = _checked(x)
     n = len(x)
     report = progress or (lambda done, total: None)
@@ -70,8 +72,6 @@ def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Pr
         xy = pca(reduced, 2, settings.seed)
         report(n, n)
         return Embedding(_standardized(xy), np.ones(n, bool), "pca")
-    if settings.method != "umap":
-        raise NetatlasError(f"unknown embedding method {settings.method!r}: use umap or pca")
     fitted = _fit_rows(n, settings)
     xy = np.empty((n, 2), dtype=np.float32)
     model = _umap(settings, len(fitted))
