@@ -36,12 +36,12 @@ except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine_load, also when imported
 
-from netatlas.backend.activations import Activations, extract_activations  # noqa: E402
+from netatlas.backend.activations import Activations, activation_table, extract_activations  # noqa: E402
 from netatlas.backend.cache import write_parquet_atomic  # noqa: E402
 from netatlas.backend.checkpoint import load_checkpoint  # noqa: E402
 from netatlas.backend.datasets import npz_dataset  # noqa: E402
 from netatlas.backend.demo import demo_checkpoint, demo_digits  # noqa: E402
-from netatlas.backend.sharded import (ModelSpec, connect, extract_sharded, part_table,  # noqa: E402
+from netatlas.backend.sharded import (ModelSpec, connect, extract_sharded,  # noqa: E402
                                       parts_to_activations, read_parts)
 from machine_load import OtherLoad  # noqa: E402
 
@@ -84,7 +84,7 @@ def measure(n_images: int = 20_000, layers: list[str] | None = None, repeats: in
         def single() -> Activations:
             acts = extract_activations(loaded.model, dataset, loaded.preprocessing, layers, "mean",
                                        batch_size, "cpu")
-            write_parquet_atomic(tmp / "single.parquet", part_table(dataset, acts, 0, layers),
+            write_parquet_atomic(tmp / "single.parquet", activation_table(dataset, acts),
                                  ("logits", *layers))
             return acts
 

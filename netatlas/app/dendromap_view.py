@@ -123,7 +123,7 @@ class DendroMapView(param.Parameterized):
         ws, layer = self.state.workspace, self.layer.value
         busy = self._building == (ws, layer)
         if self.shown and self.tree is not None:
-            self.render()                             # what changed in other tabs meanwhile
+            self._apply_filter()                      # what changed in other tabs meanwhile
         if not self.shown or self.tree is not None or ws is None or self._quiet or busy:
             return
         self._building = (ws, layer)                 # a second click on the tab waits for this build
@@ -204,7 +204,8 @@ class DendroMapView(param.Parameterized):
         self.render()
 
     def highlight_images(self, images: np.ndarray | None) -> None:
-        """Highlight images chosen in another view (None clears): matches show first, other tiles fade."""
+        """Highlight images chosen in another view (None clears): matches show first, other tiles fade.
+        Drawn now when this tab is on screen, else by ``activate`` when it comes back."""
         if self.tree is None:
             return
         if images is None:
@@ -212,7 +213,8 @@ class DendroMapView(param.Parameterized):
         else:
             self.external = np.zeros(self.tree.n_images, bool)
             self.external[np.asarray(images, np.int64)] = True
-        self._apply_filter()
+        if self.shown:
+            self._apply_filter()
 
     def _filter_mask(self) -> np.ndarray | None:
         """The filter widgets' matches (None: no filter), kept until a widget changes: a search

@@ -207,9 +207,13 @@ class MapView(param.Parameterized):
             values = self.neurons.current_values()
             if values is None or len(values) != len(self.points):
                 self.points.set_values(np.zeros(len(self.points), np.float32))
+                self._colouring = None
                 return "no unit chosen in the Neurons tab"
             layer, unit = self.neurons.current_unit()
-            self.points.set_values(values)
+            key = ("value", id(self.neurons.values), unit)
+            if self._colouring != key:                # once per unit, not per redraw
+                self.points.set_values(values)
+                self._colouring = key
             return f"activation of unit {unit} of {layer or 'the logits'}"
         return {"class": "true class", "predicted": "predicted class", "correct": "prediction",
                 "density": "images per pixel"}[color_by]

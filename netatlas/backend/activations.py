@@ -8,9 +8,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
+from netatlas.backend.cache import vectors_to_arrow
 from netatlas.backend.datasets import ImageDataset
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.errors import NetatlasError
@@ -35,6 +37,19 @@ class Activations:
 
     def __len__(self) -> int:
         return len(self.logits)
+
+
+def activation_table(dataset: ImageDataset, activations: Activations, start: int = 0,
+                     layers: Iterable[str] | None = None) -> pa.Table:
+    """Images ``start..`` as rows: index, id, label, prediction, logits and one vector column per layer
+    (``layers``, default all): what ``netatlas extract`` writes and each Dask part holds."""
+    stop = start + len(activations)
+    columns = {"index": pa.array(np.arange(start, stop)), "id": pa.array(dataset.ids[start:stop]),
+               "label": pa.array(dataset.labels[start:stop]), "prediction": pa.array(activations.predictions),
+               "logits": vectors_to_arrow(activations.logits)}
+    for name in activations.layers if layers is None else layers:
+        columns[name] = vectors_to_arrow(activations.layers[name])
+    return pa.table(columns)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import pyarrow as pa
 
-from netatlas.backend.activations import Activations, Progress, Reduction, extract_activations
-from netatlas.backend.cache import (arrow_to_vectors, atomic_file, cache_key, canonical_json, vectors_to_arrow,
-                                    write_parquet_atomic)
+from netatlas.backend.activations import (Activations, Progress, Reduction, activation_table,
+                                          extract_activations)
+from netatlas.backend.cache import arrow_to_vectors, atomic_file, cache_key, canonical_json, write_parquet_atomic
 from netatlas.backend.checkpoint import LoadedModel, load_checkpoint
 from netatlas.backend.datasets import DEMO_NAME, ImageDataset, load_dataset
 from netatlas.backend.preprocessing import Preprocessing
@@ -126,18 +126,8 @@ def _extract_part(spec: ModelSpec, source: str, manifest_hash: str, layers: list
     with lock:
         acts = extract_activations(loaded.model, dataset, loaded.preprocessing, layers, reduction, batch_size,
                                    "auto", rows=range(start, stop), num_workers=0 if daemonic else None)
-    write_parquet_atomic(Path(path), part_table(dataset, acts, start, layers), ("logits", *layers))
+    write_parquet_atomic(Path(path), activation_table(dataset, acts, start, layers), ("logits", *layers))
     return len(acts)
-
-
-def part_table(dataset: ImageDataset, acts: Activations, start: int, layers: list[str]) -> pa.Table:
-    """Rows start.. of ``Workspace.table``'s schema: index, id, label, prediction, logits, layers."""
-    stop = start + len(acts)
-    columns = {"index": pa.array(np.arange(start, stop)), "id": pa.array(dataset.ids[start:stop]),
-               "label": pa.array(dataset.labels[start:stop]), "prediction": pa.array(acts.predictions),
-               "logits": vectors_to_arrow(acts.logits)}
-    columns.update({name: vectors_to_arrow(acts.layers[name]) for name in layers})
-    return pa.table(columns)
 
 
 # ------------------------------------------------------------------------------------ on the client

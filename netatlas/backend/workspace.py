@@ -13,8 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from netatlas.backend.activations import Activations, Progress, Reduction, extract_activations, \
-    resolve_device
+from netatlas.backend.activations import Activations, Progress, Reduction, activation_table, \
+    extract_activations, resolve_device
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
 from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
@@ -129,7 +129,7 @@ class Workspace:
         return str(source)
 
     def _write(self, fresh: Activations, layers: list[str], reduction: Reduction) -> None:
-        self.cache.write("outputs", self._inputs(), pa.table(self._output_columns(fresh)),
+        self.cache.write("outputs", self._inputs(), activation_table(self.dataset, fresh, layers=()),
                          float_columns=("logits",))
         index = pa.array(np.arange(len(self.dataset)))
         for name in layers:
@@ -137,16 +137,9 @@ class Workspace:
                              pa.table({"index": index, "values": vectors_to_arrow(fresh.layers[name])}),
                              float_columns=("values",))
 
-    def _output_columns(self, activations: Activations) -> dict[str, pa.Array]:
-        return {"index": pa.array(np.arange(len(self.dataset))), "id": pa.array(self.dataset.ids),
-                "label": pa.array(self.dataset.labels), "prediction": pa.array(activations.predictions),
-                "logits": vectors_to_arrow(activations.logits)}
-
     def table(self, activations: Activations) -> pa.Table:
         """One row per image: ids, labels, prediction, logits and one vector column per layer."""
-        columns = self._output_columns(activations)
-        columns.update({name: vectors_to_arrow(v) for name, v in activations.layers.items()})
-        return pa.table(columns)
+        return activation_table(self.dataset, activations)
 
     def sample(self, count: int, seed: int = 0) -> np.ndarray:
         """A seeded sample of image indices, from the held-out split when the dataset has one."""
