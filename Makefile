@@ -41,7 +41,8 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
-# graphviz provides `dot` for model diagrams; chromium drives the browser tests.
+# graphviz provides `dot` for model diagrams; chromium drives the browser tests; a small TeX (LaTeX + TikZ,
+# about 64 MB) lets the tests compile the diagrams' TikZ export.
 system-deps:
 	@command -v dot >/dev/null || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq graphviz; }
@@ -49,6 +50,9 @@ system-deps:
 system-deps-test: system-deps
 	@[ -x /usr/bin/chromium ] || { $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+	@{ command -v pdflatex >/dev/null && kpsewhich tikz.sty >/dev/null; } || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	  texlive-latex-base texlive-pictures; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -77,7 +77,19 @@ def residual(page) -> None:
     page.screenshot(path=OUT / "residual.png")
 
 
-VIEWS = {"model": model, "neurons": neurons, "facets": facets, "dendromap": dendromap, "map": map_view,
+def diagram(page) -> None:
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.get_by_text("Diagram", exact=True).click()
+    expect(page.locator(".na-diagram svg")).to_be_visible(timeout=60_000)
+    page.locator(".na-axis-names input").fill("C2=ch, H=h, W=w")
+    page.locator(".na-axis-names input").press("Enter")
+    expect(page.locator(".na-diagram-legend")).to_contain_text("ch = 16", timeout=30_000)
+    page.locator(".na-diagram svg g.node.op", has_text="Conv").first.hover()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=OUT / "diagram.png")
+
+
+VIEWS = {"model": model, "diagram": diagram, "neurons": neurons, "facets": facets, "dendromap": dendromap, "map": map_view,
          "residual": residual}
 
 

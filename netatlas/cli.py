@@ -114,6 +114,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_args(embed)
     embed.set_defaults(run=cmd_embed)
 
+    diagram = sub.add_parser("diagram", help="neural circuit diagram of the model, as SVG/PDF/PNG/TikZ")
+    add_model_args(diagram)
+    diagram.add_argument("-o", "--output", required=True, type=Path, action="append",
+                         help="output file, .svg .pdf .png or .tex (repeatable)")
+    diagram.add_argument("--fold-depth", type=int, default=None, metavar="D",
+                         help="draw modules at depth D as boxes (1: the top-level modules); default: open all")
+    diagram.add_argument("--layout", choices=("LR", "TB"), default="LR", help="left to right (default) or top down")
+    diagram.add_argument("--unfold", nargs="+", default=[], metavar="MODULE", help="modules to open anyway")
+    diagram.add_argument("--unroll", nargs="+", default=[], metavar="MODULE",
+                         help="folded runs (named by their first block) to draw block by block")
+    diagram.add_argument("--no-fold", action="store_true", help="do not fold repeated blocks into xN")
+    diagram.add_argument("--sizes", action="store_true", help="write sizes on the wires (C=64), not only symbols")
+    diagram.add_argument("--rename", nargs="+", default=[], metavar="SYMBOL=NAME",
+                         help="name axis symbols, e.g. D2=d_model S=seq (a digit stands for its subscript)")
+    diagram.add_argument("--input-key", default=None, metavar="KEY",
+                         help="the model's forward takes a dict: pass the image batch under KEY")
+    diagram.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
+    diagram.set_defaults(run=cmd_diagram)
+
     serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
     add_serve_args(serve)
     serve.set_defaults(run=cmd_serve)
@@ -122,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
-        parser.add_argument("checkpoint", help="checkpoint file, or 'demo'")
+        parser.add_argument("checkpoint", help="checkpoint file, or 'demo'"
+                            + (" ('none': the --arch alone, no weights)" if parser.prog.endswith("diagram") else ""))
     parser.add_argument("--arch", help="torchvision model name (resnet18) or 'package.module:factory'")
     parser.add_argument("--arch-kwargs", type=json_object, default=None, metavar="JSON",
                         help="keyword arguments for the architecture, e.g. '{\"num_classes\": 10}'")
@@ -398,6 +418,35 @@ def cmd_embed(args: argparse.Namespace) -> int:
         args.png.parent.mkdir(parents=True, exist_ok=True)
         args.png.write_bytes(map_png(points, "class"))
         print(f"wrote {args.png}")
+    return 0
+
+
+def cmd_diagram(args: argparse.Namespace) -> int:
+    from netatlas.backend.circuit_trace import architecture_circuit, example_input, trace_circuit
+    from netatlas.viz.circuit import FORMATS, DiagramStyle, export, parse_names
+
+    bad = [p for p in args.output if p.suffix.lstrip(".").lower() not in FORMATS]
+    if bad:
+        raise NetatlasError(f"cannot write {bad[0]}: the suffix must be one of .{', .'.join(FORMATS)}")
+    start = time.perf_counter()
+    if args.checkpoint == "none":
+        if not args.arch:
+            raise NetatlasError("'none' draws an architecture without weights: give it with --arch")
+        pre = preprocessing_from_args(args, Path())
+        shape = (1, 3, 224, 224) if pre is None else (1, pre.channels, *pre.size)
+        circuit = architecture_circuit(args.arch, args.arch_kwargs, shape, args.input_key)
+    else:
+        loaded = load_from_args(args)
+        circuit = trace_circuit(loaded.model, example_input(loaded.input_shape, args.input_key))
+    view = circuit.view(args.fold_depth, set(args.unfold), set(args.unroll), fold_repeats=not args.no_fold)
+    style = DiagramStyle(layout=args.layout, show_sizes=args.sizes, names=parse_names(args.rename))
+    for note in circuit.notes:
+        print(f"note: {note}", file=sys.stderr)
+    for path in args.output:
+        export(view, path, style, dpi=args.dpi)
+        print(f"wrote {path}")
+    runs = ", ".join(f"{head} x{len(run)}" for head, run in view.repeats.items()) or "none"
+    print(f"{view.boxes} boxes ({circuit.method}); folded: {runs}; {time.perf_counter() - start:.2f} s")
     return 0
 
 

@@ -7,6 +7,7 @@ import panel as pn
 
 from netatlas.app.config import AppConfig
 from netatlas.app.dendromap_view import DendroMapView
+from netatlas.app.diagram_view import DiagramView
 from netatlas.app.loader_view import LoaderView
 from netatlas.app.map_view import MapView
 from netatlas.app.model_view import ModelView
@@ -33,12 +34,13 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     neurons = NeuronsView(state)
     dendromap = DendroMapView(state, neurons)
     embedding_map = MapView(state, neurons, dendromap)
-    views = [("Model", ModelView(state)), ("Neurons", neurons), ("DendroMap", dendromap),
+    diagram = DiagramView(state)
+    views = [("Model", ModelView(state)), ("Diagram", diagram), ("Neurons", neurons), ("DendroMap", dendromap),
              ("Map", embedding_map), ("Residual", ResidualView(state))]
     tabs = pn.Tabs(*views, dynamic=False, sizing_mode="stretch_width")
 
-    async def on_tab(event) -> None:  # the tree and the map are computed when their tab is first shown
-        for view in (dendromap, embedding_map):
+    async def on_tab(event) -> None:  # the diagram, tree and map are computed when their tab is first shown
+        for view in (diagram, dendromap, embedding_map):
             view.shown = views[event.new][1] is view
             await view.activate()
     tabs.param.watch(on_tab, "active")

@@ -17,6 +17,8 @@ from netatlas.backend.activations import Activations, Progress, Reduction, activ
     extract_activations, resolve_device
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
+from netatlas.backend.circuit import Circuit
+from netatlas.backend.circuit_trace import example_input, trace_circuit
 from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
 from netatlas.backend.datasets import DEMO_NAME, ImageDataset
 from netatlas.backend.embedding import EmbedSettings, Embedding, embed
@@ -62,6 +64,13 @@ class Workspace:
     def modules(self) -> pd.DataFrame:
         with self.model_lock:
             return describe_model(self.loaded.model.to(self.device), self.loaded.input_shape)
+
+    @cached_property
+    def circuit(self) -> Circuit:
+        """The model as a neural circuit (the Diagram tab): traced on a meta clone in under a second,
+        so it is kept in memory rather than cached on disk."""
+        with self.model_lock:  # the clone must not copy forwards that another analysis has patched
+            return trace_circuit(self.loaded.model, example_input(self.loaded.input_shape))
 
     def _inputs(self, **extra: object) -> dict[str, object]:
         return {**self.loaded.identity, "dataset": self.dataset.manifest_hash,

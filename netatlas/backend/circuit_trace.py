@@ -1,0 +1,364 @@
+"""Read a ``Circuit`` off a model: torch.fx for the graph, a forward on the meta device for shapes.
+
+The tracer descends into every module except leaves (no children) and ``ATOMIC`` ones, so a module's
+inner wiring (a residual add, a reshape) is drawn. A module that fx cannot trace (Python control flow
+on tensor values, as in ``nn.TransformerEncoder``) stays one call in the fx graph, and its inside is
+read with forward hooks during the shape pass; a model whose top level cannot be traced is read with
+hooks throughout. Hook graphs cannot see functional code between modules (a residual "+"); the
+circuit's notes say so. Shapes come from running the graph on meta tensors (weights swapped for meta
+tensors for the duration, the model itself untouched), so a ViT-L costs no real memory.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from netatlas.backend.circuit import Circuit, Edge, Op
+from netatlas.errors import NetatlasError
+
+ATOMIC: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+         getattr(nn, "RMSNorm", nn.LayerNorm))
+FUNCTION_LABELS = {
+    "add": "+", "iadd": "+", "sub": "−", "mul": "⊙", "imul": "⊙", "truediv": "÷", "matmul": "@",
+    "bmm": "@", "relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "sigmoid": "σ", "tanh": "tanh",
+    "softmax": "SoftMax", "getitem": "[·]", "scaled_dot_product_attention": "Attn",
+}
+
+
+def trace_circuit(model: nn.Module, example: Any) -> Circuit:
+    """The circuit of ``model`` on ``example`` (a tensor, or a dict/tuple of them, as forward takes).
+
+    Works on a clone whose weights are meta tensors, so the model itself is never touched (another
+    thread may be running it). If an op has no meta kernel (data-dependent shapes), the clone gets
+    real, uninitialised CPU weights and runs for real, with a note.
+    """
+    notes: list[str] = []
+    clone = _meta_clone(model)
+    try:
+        graph, opaque = _fx_graph(clone)
+    except Exception as exc:  # any tracing failure means: read it with hooks instead
+        graph, opaque = None, {""}
+        notes.append(f"torch.fx could not trace {type(model).__name__} ({_first_line(exc)}); the diagram "
+                     "comes from module hooks, which do not see functional code between modules "
+                     "(residual adds, reshapes)")
+    for device in ("meta", "cpu"):
+        try:
+            if device == "cpu":
+                clone.to_empty(device="cpu")
+            recorder = _Recorder(clone, graph, opaque)
+            recorder.run(_to(example, device))
+            break
+        except NetatlasError:
+            raise
+        except Exception as exc:
+            if device == "cpu":
+                raise NetatlasError(f"the model fails on a {_describe(example)} input: {_first_line(exc)}") from exc
+            notes.append(f"shapes from a CPU forward: the meta device failed ({_first_line(exc)})")
+    for name in sorted(opaque - {""}):
+        notes.append(f"{name} ({type(clone.get_submodule(name)).__name__}) has Python control flow that "
+                     "torch.fx cannot trace; its inside comes from module hooks, without functional ops")
+    circuit = recorder.circuit
+    circuit.notes[:0] = notes
+    circuit.method = "hooks" if graph is None else ("fx+hooks" if opaque else "fx")
+    return circuit
+
+
+def architecture_circuit(arch: str, arch_kwargs: dict[str, Any] | None, input_shape: tuple[int, ...],
+                         input_key: str | None = None) -> Circuit:
+    """The circuit of an architecture alone: built on the meta device, so no weights are allocated."""
+    from netatlas.backend.architectures import build_architecture
+
+    with torch.device("meta"):
+        model = build_architecture(arch, arch_kwargs)
+    return trace_circuit(model.eval(), example_input(input_shape, input_key))
+
+
+def example_input(input_shape: tuple[int, ...], input_key: str | None = None) -> Any:
+    """A zero batch of ``input_shape``; wrapped as ``{input_key: x}`` for models that take a dict."""
+    x = torch.zeros(input_shape)
+    return {input_key: x} if input_key else x
+
+
+# ---- tracing ------------------------------------------------------------------------------------
+class _Tracer(fx.Tracer):
+    """Traces into every module but leaves and ``ATOMIC`` ones; an untraceable module becomes a leaf."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opaque: set[str] = set()
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ATOMIC) or not any(True for _ in m.children()) or qualname in self.opaque
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name):
+            return super().call_module(m, forward, args, kwargs)
+        mark, stack = next(reversed(self.graph.nodes)), dict(self.module_stack)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            for node in reversed(list(self.graph.nodes)):   # undo the partial trace of this module
+                if node is mark:
+                    break
+                self.graph.erase_node(node)
+            self.module_stack.clear()
+            self.module_stack.update(stack)
+            self.opaque.add(name)
+            return super().call_module(m, forward, args, kwargs)
+
+
+def _fx_graph(model: nn.Module) -> tuple[fx.Graph, set[str]]:
+    tracer = _Tracer()
+    graph = tracer.trace(model)
+    return graph, tracer.opaque
+
+
+# ---- the shape pass, which also builds the circuit ----------------------------------------------
+class _Recorder:
+    """Runs the fx graph (or the model, with hooks) and records every op, wire and shape."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph | None, opaque: set[str]) -> None:
+        self.model, self.graph, self.opaque = model, graph, opaque
+        self.circuit = Circuit(ops={}, edges=[], modules={}, module_params={})
+        self.producer: dict[int, str] = {}       # id(tensor) -> op id
+        self.keep: list[Any] = []                # keeps recorded tensors alive, so ids stay unique
+        self.last: str | None = None             # the op most recently added (hook graphs)
+
+    def run(self, example: Any) -> None:
+        if self.graph is None:
+            self._inputs(example, "x")
+            out = self._hooked("", lambda: self.model(*_as_args(example)))
+        else:
+            out = self._interpret(example)
+        self._outputs(out)
+
+    # fx graphs
+    def _interpret(self, example: Any) -> Any:
+        gm = fx.GraphModule(self.model, self.graph)
+        recorder = self
+
+        class Interpreter(fx.Interpreter):
+            def run_node(self, n: fx.Node) -> Any:
+                value = super().run_node(n)
+                recorder._node(n, value, self)
+                return value
+
+            def call_module(self, target, args, kwargs):
+                if target in recorder.opaque:
+                    module = self.fetch_attr(target)
+                    return recorder._hooked(target, lambda: module(*args, **kwargs))
+                return super().call_module(target, args, kwargs)
+
+        args = _as_args(example)
+        placeholders = [n for n in self.graph.nodes if n.op == "placeholder"]
+        return Interpreter(gm).run(*args[: len(placeholders)])
+
+    def _node(self, n: fx.Node, value: Any, interpreter: fx.Interpreter) -> None:
+        if n.op == "placeholder":
+            self._inputs(value, n.target)
+        elif n.op == "get_attr":
+            if isinstance(value, torch.Tensor):
+                learned = isinstance(value, nn.Parameter) or n.target in dict(self.model.named_parameters())
+                self._add(Op(n.name, "param", n.target.rsplit(".", 1)[-1], n.target, "parameter" if learned else
+                             "buffer", learned=learned, scope=_scope(n), shape=tuple(value.shape)), [], value)
+        elif n.op == "call_module" and n.target not in self.opaque:
+            module = interpreter.fetch_attr(n.target)
+            self._module_op(n.name, n.target, module, _scope(n), _tensors((n.args, n.kwargs), interpreter), value)
+        elif n.op in ("call_function", "call_method") and _has_tensor(value):
+            inputs = _tensors((n.args, n.kwargs), interpreter)
+            if n.target in (operator.getitem, getattr) and not isinstance(interpreter.env[n.args[0]], torch.Tensor):
+                return   # an item of a tuple or dict: the wire comes straight from its producer
+            name = n.target if isinstance(n.target, str) else getattr(n.target, "__name__", str(n.target))
+            kind = "add" if name in ("add", "iadd") and len(inputs) >= 2 else "function"
+            label = FUNCTION_LABELS.get(name, name)
+            self._add(Op(n.name, kind, label, name, name, scope=_scope(n), shape=_shape(value)), inputs, value)
+        for module in _scope(n) if n.op != "output" else ():
+            self._note_module(module)
+
+    # hook graphs
+    def _hooked(self, root: str, call) -> Any:
+        """Run ``call`` with hooks on the leaves under module ``root``, adding one op per leaf call."""
+        base = self.model.get_submodule(root) if root else self.model
+        handles, pending = [], {}
+
+        def pre(name: str):
+            def hook(module, args, kwargs):
+                pending[name] = _flatten_tensors((args, kwargs))
+            return hook
+
+        def post(name: str):
+            def hook(module, args, kwargs, output):
+                scope = _lineage(name)[:-1]
+                self._module_op(name.replace(".", "_") + f"_{len(self.circuit.ops)}", name, module, scope,
+                                pending.pop(name, []), output, infer=True)
+                for m in scope:
+                    self._note_module(m)
+            return hook
+
+        for name, module in base.named_modules(prefix=root):
+            if name == root:
+                continue
+            if isinstance(module, ATOMIC) or not any(True for _ in module.children()):
+                handles.append(module.register_forward_pre_hook(pre(name), with_kwargs=True))
+                handles.append(module.register_forward_hook(post(name), with_kwargs=True))
+        try:
+            with torch.enable_grad():  # no fused inference fast paths: every submodule is really called
+                out = call()
+        finally:
+            for h in handles:
+                h.remove()
+        for t in _flatten_tensors(out):   # outputs made by functional code: from the last op, guessed
+            if id(t) not in self.producer and self.last is not None:
+                self.producer[id(t)] = self.last
+                self.keep.append(t)
+        return out
+
+    # shared
+    def _module_op(self, op_id: str, path: str, module: nn.Module, scope: tuple[str, ...],
+                   inputs: list[torch.Tensor], value: Any, infer: bool = False) -> None:
+        params = sum(p.numel() for p in module.parameters())
+        self._add(Op(op_id, "module", module_label(module), path, type(module).__name__, learned=params > 0,
+                     scope=scope, shape=_shape(value), params=params), inputs, value, infer)
+
+    def _add(self, op: Op, inputs: list[torch.Tensor], value: Any, infer: bool = False) -> None:
+        for t in inputs:
+            src = self.producer.get(id(t))
+            guessed = src is None and infer and self.last is not None
+            if guessed:
+                src = self.last
+            if src is not None and src != op.id:
+                self.circuit.edges.append(Edge(src, op.id, tuple(t.shape), inferred=guessed))
+        self.circuit.ops[op.id] = op
+        self.last = op.id
+        for t in _flatten_tensors(value):
+            self.producer[id(t)] = op.id
+            self.keep.append(t)
+
+    def _inputs(self, value: Any, name: str) -> None:
+        for key, t in _named_tensors(value, name):
+            self._add(Op(f"input:{key}", "input", key, key, "input", shape=tuple(t.shape)), [], t)
+
+    def _outputs(self, value: Any) -> None:
+        for key, t in _named_tensors(value, ""):   # a dict's outputs by their keys, a tuple's as output[i]
+            key = key if key and not key.startswith("[") else f"output{key}"
+            src = self.producer.get(id(t))
+            op = Op(f"output:{key}", "output", key, key, "output", shape=tuple(t.shape))
+            self.circuit.ops[op.id] = op
+            if src is not None:
+                self.circuit.edges.append(Edge(src, op.id, tuple(t.shape)))
+
+    def _note_module(self, path: str) -> None:
+        if path and path not in self.circuit.modules:
+            module = self.model.get_submodule(path)
+            self.circuit.modules[path] = type(module).__name__
+            self.circuit.module_params[path] = sum(p.numel() for p in module.parameters())
+
+
+def module_label(module: nn.Module) -> str:
+    """The box's symbol in Abbott's notation: L / L+ for Linear, Conv, Norm, Attn; else the class."""
+    if isinstance(module, nn.Linear):
+        return "L+" if module.bias is not None else "L"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return "Conv+" if module.bias is not None else "Conv"
+    if isinstance(module, NORMS):
+        return "Norm"
+    if isinstance(module, (nn.MultiheadAttention,)):
+        return "Attn"
+    if isinstance(module, nn.Embedding):
+        return "Emb"
+    return {"Sigmoid": "σ", "Tanh": "tanh", "Softmax": "SoftMax", "Flatten": "flatten",
+            "AdaptiveAvgPool2d": "AvgPool", "AdaptiveMaxPool2d": "MaxPool"}.get(
+        type(module).__name__, type(module).__name__)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _meta_clone(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose parameters and buffers are meta tensors: no weights are copied.
+
+    Parameters require grad in the clone, which keeps fused inference fast paths (that skip calling
+    submodules, as nn.TransformerEncoderLayer's does) out of the hook pass.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise NetatlasError("TorchScript models cannot be drawn: their Python modules are gone; load a "
+                            "state_dict with --arch instead")
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=True)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo).eval()
+
+
+def _describe(example: Any) -> str:
+    return ", ".join(f"{k or 'x'} {'x'.join(map(str, t.shape))}" for k, t in _named_tensors(example, ""))
+
+
+def _to(value: Any, device: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, Mapping):
+        return {k: _to(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to(v, device) for v in value)
+    return value
+
+
+def _as_args(example: Any) -> tuple:
+    return tuple(example) if isinstance(example, tuple) else (example,)
+
+
+def _scope(n: fx.Node) -> tuple[str, ...]:
+    stack = [path for path, _ in (n.meta.get("nn_module_stack") or {}).values()]
+    if n.op == "call_module" and stack and stack[-1] == n.target:
+        stack = stack[:-1]
+    return tuple(p for p in stack if p)
+
+
+def _lineage(module: str) -> tuple[str, ...]:
+    parts = module.split(".")
+    return tuple(".".join(parts[:d]) for d in range(1, len(parts) + 1))
+
+
+def _tensors(args: Any, interpreter: fx.Interpreter) -> list[torch.Tensor]:
+    """The tensor values of a node's inputs, in argument order."""
+    found: list[torch.Tensor] = []
+    fx.node.map_arg(args, lambda n: found.extend(_flatten_tensors(interpreter.env[n])))
+    return found
+
+
+def _flatten_tensors(value: Any) -> list[torch.Tensor]:
+    return [t for _, t in _named_tensors(value, "")]
+
+
+def _named_tensors(value: Any, name: str) -> list[tuple[str, torch.Tensor]]:
+    """Tensor leaves of nested tuples, lists, dicts and dataclass-like outputs, with readable keys."""
+    if isinstance(value, torch.Tensor):
+        return [(name, value)]
+    if isinstance(value, Mapping):
+        return [kt for k, v in value.items() for kt in _named_tensors(v, f"{name}[{k!r}]" if name else str(k))]
+    if isinstance(value, (tuple, list)):
+        return [kt for i, v in enumerate(value) for kt in _named_tensors(v, f"{name}[{i}]")]
+    return []
+
+
+def _has_tensor(value: Any) -> bool:
+    return bool(_flatten_tensors(value))
+
+
+def _shape(value: Any) -> tuple[int, ...] | None:
+    tensors = _flatten_tensors(value)
+    return tuple(tensors[0].shape) if tensors else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
