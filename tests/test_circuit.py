@@ -58,11 +58,14 @@ def test_wire_shapes_equal_a_real_forward(build, shape):
     assert_shapes_match_real_forward(build(), torch.randn(shape))
 
 
-def test_transformer_encoder_inside_comes_from_hooks_and_folds():
+def test_transformer_encoder_inside_comes_from_torch_export_and_folds():
     model = TinyTransformer()
     circuit = trace_circuit(model, torch.zeros(1, 5, 8))
-    assert circuit.method == "fx+hooks"
-    assert any("encoder (TransformerEncoder)" in n for n in circuit.notes)
+    assert circuit.method == "fx+export"
+    assert any("encoder (TransformerEncoder)" in n and "torch.export" in n for n in circuit.notes)
+    # each post-norm layer: x + sa(x), then + ff(x); fx alone cannot see these adds inside nn modules
+    adds = [op for op in circuit.ops.values() if op.kind == "add"]
+    assert len(adds) == 2 * 3 and all(op.scope[-1].startswith("encoder.layers.") for op in adds)
     view = circuit.view()
     assert {head: len(run) for head, run in view.repeats.items()} == {"encoder.layers.0": 3}
     real = leaf_shapes(model, torch.zeros(1, 5, 8))
@@ -140,7 +143,7 @@ def test_dict_inputs_and_outputs():
 def test_untraceable_model_falls_back_to_hooks_with_a_note():
     circuit = trace_circuit(Untraceable(), torch.zeros(2, 6))
     assert circuit.method == "hooks"
-    assert any("module hooks" in n for n in circuit.notes)
+    assert any("module hooks" in n and "torch.export failed too" in n for n in circuit.notes)
     assert [op.target for op in circuit.ops.values() if op.kind == "module"] == ["a", "b"]
     assert ("a" in {circuit.ops[e.src].target for e in circuit.edges if circuit.ops[e.dst].target == "b"})
     assert circuit.ops["output:output"].shape == (2, 3)

@@ -103,7 +103,7 @@ class DiagramView(param.Parameterized):
         self.summary.object = (f"{ABOUT}\n\n**{view.boxes} boxes** · graph from {circuit.method} · "
                                f"folded: {runs}{notes}")
         self.legend.object = "**Axes** " + " · ".join(
-            f"{style.name(sym)} = {size:,}" for sym, size in symbol_table(view).items())
+            f"{style.name(sym)} = {size:,}" for sym, size in symbol_table(view).items() if sym != "1")
 
     def _export(self, fmt: str) -> io.BytesIO | None:
         if self.view is None:

@@ -161,7 +161,9 @@ class Circuit:
         head = inside[0]
         last = self.ops[inside[-1]]
         params = self.module_params.get(module, 0)
-        box = Op(id=head, kind="block", label=module.rsplit(".", 1)[-1], target=module,
+        parts = module.split(".")
+        short = ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]   # "layer1.0", not "0"
+        box = Op(id=head, kind="block", label=short, target=module,
                  type_name=self.modules.get(module, ""), learned=params > 0,
                  scope=tuple(s for s in self.ops[head].scope if _depth(s) < _depth(module)),
                  shape=last.shape, params=params, repeat=repeat)

@@ -2,18 +2,22 @@
 
 The tracer descends into every module except leaves (no children) and ``ATOMIC`` ones, so a module's
 inner wiring (a residual add, a reshape) is drawn. A module that fx cannot trace (Python control flow
-on tensor values, as in ``nn.TransformerEncoder``) stays one call in the fx graph, and its inside is
-read with forward hooks during the shape pass; a model whose top level cannot be traced is read with
-hooks throughout. Hook graphs cannot see functional code between modules (a residual "+"); the
-circuit's notes say so. Shapes come from running the graph on meta tensors (weights swapped for meta
-tensors for the duration, the model itself untouched), so a ViT-L costs no real memory.
-"""
+on its inputs, as in ``nn.TransformerEncoder``) stays one call in the fx graph; its inside comes from
+torch.export during the shape pass, with each leaf module's aten ops merged back into one box, and
+from forward hooks if export fails too (hooks cannot see functional code between modules, so the
+circuit's notes say so). A model whose top level fx cannot trace is read the same way as a whole.
+Everything runs on a clone whose weights are meta tensors: the model is never touched, and a ViT-L
+costs no memory."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import operator
-from collections.abc import Mapping
+import sys
+import threading
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -44,11 +48,9 @@ def trace_circuit(model: nn.Module, example: Any) -> Circuit:
     clone = _meta_clone(model)
     try:
         graph, opaque = _fx_graph(clone)
-    except Exception as exc:  # any tracing failure means: read it with hooks instead
+    except Exception as exc:  # any tracing failure means: read the whole model another way
         graph, opaque = None, {""}
-        notes.append(f"torch.fx could not trace {type(model).__name__} ({_first_line(exc)}); the diagram "
-                     "comes from module hooks, which do not see functional code between modules "
-                     "(residual adds, reshapes)")
+        notes.append(f"torch.fx could not trace {type(model).__name__} ({_first_line(exc)})")
     for device in ("meta", "cpu"):
         try:
             if device == "cpu":
@@ -62,12 +64,16 @@ def trace_circuit(model: nn.Module, example: Any) -> Circuit:
             if device == "cpu":
                 raise NetatlasError(f"the model fails on a {_describe(example)} input: {_first_line(exc)}") from exc
             notes.append(f"shapes from a CPU forward: the meta device failed ({_first_line(exc)})")
-    for name in sorted(opaque - {""}):
-        notes.append(f"{name} ({type(clone.get_submodule(name)).__name__}) has Python control flow that "
-                     "torch.fx cannot trace; its inside comes from module hooks, without functional ops")
+    for name, how in recorder.read_by.items():
+        what = f"{name} ({type(clone.get_submodule(name)).__name__}) has Python control flow that torch.fx " \
+               "cannot trace; its inside" if name else "the graph"
+        notes.append(f"{what} comes from torch.export" if how == "export" else
+                     f"{what} comes from module hooks, which do not see functional code between modules "
+                     f"(residual adds, reshapes): torch.export failed too ({how})")
     circuit = recorder.circuit
     circuit.notes[:0] = notes
-    circuit.method = "hooks" if graph is None else ("fx+hooks" if opaque else "fx")
+    ways = sorted({"export" if how == "export" else "hooks" for how in recorder.read_by.values()})
+    circuit.method = "+".join((["fx"] if graph is not None else []) + ways)
     return circuit
 
 
@@ -132,11 +138,12 @@ class _Recorder:
         self.producer: dict[int, str] = {}       # id(tensor) -> op id
         self.keep: list[Any] = []                # keeps recorded tensors alive, so ids stay unique
         self.last: str | None = None             # the op most recently added (hook graphs)
+        self.read_by: dict[str, str] = {}        # untraceable module -> "export", or why export failed
 
     def run(self, example: Any) -> None:
         if self.graph is None:
             self._inputs(example, "x")
-            out = self._hooked("", lambda: self.model(*_as_args(example)))
+            out = self._inside("", self.model, _as_args(example), {})
         else:
             out = self._interpret(example)
         self._outputs(out)
@@ -154,8 +161,7 @@ class _Recorder:
 
             def call_module(self, target, args, kwargs):
                 if target in recorder.opaque:
-                    module = self.fetch_attr(target)
-                    return recorder._hooked(target, lambda: module(*args, **kwargs))
+                    return recorder._inside(target, self.fetch_attr(target), args, kwargs)
                 return super().call_module(target, args, kwargs)
 
         args = _as_args(example)
@@ -184,7 +190,83 @@ class _Recorder:
         for module in _scope(n) if n.op != "output" else ():
             self._note_module(module)
 
-    # hook graphs
+    # untraceable modules
+    def _inside(self, root: str, module: nn.Module, args: tuple, kwargs: dict) -> Any:
+        """Run an untraceable module, adding the ops inside it: from torch.export, else from hooks."""
+        try:
+            with _quiet_export():   # a failed export prints its whole graph: the note says enough
+                exported = torch.export.export(module, tuple(args), dict(kwargs), strict=False)
+        except Exception as exc:
+            self.read_by[root] = _first_line(exc)
+            return self._hooked(root, lambda: module(*args, **kwargs))
+        self.read_by[root] = "export"
+        return self._exported(root, exported, module(*args, **kwargs), _flatten_tensors((args, kwargs)))
+
+    def _exported(self, root: str, exported, out: Any, inputs: list[torch.Tensor]) -> Any:
+        """Ops from an exported graph: aten ops inside a leaf module merge into that module's box."""
+        user = set(exported.graph_signature.user_inputs)
+        source: dict[str, str] = {}          # export node -> op id
+        placeholders = [n for n in exported.graph.nodes if n.op == "placeholder" and n.name in user
+                        and isinstance(n.meta.get("val"), torch.Tensor)]
+        for n, t in zip(placeholders, inputs):
+            if id(t) in self.producer:
+                source[n.name] = self.producer[id(t)]
+        prefix = f"{root}." if root else ""
+        current: tuple[str, str] | None = None   # (leaf module, its op) while its aten ops follow
+        for n in exported.graph.nodes:
+            value = n.meta.get("val")
+            if n.op != "call_function":
+                continue
+            if not isinstance(value, torch.Tensor):
+                if n.args and isinstance(n.args[0], fx.Node) and n.args[0].name in source:
+                    source[n.name] = source[n.args[0].name]     # an item of a multi-output op
+                continue
+            stack = [prefix + p if p else root for p, _ in (n.meta.get("nn_module_stack") or {}).values()]
+            leaf = next((m for m in stack if m and self._is_leaf(m)), None)
+            srcs = [(source[a.name], tuple(a.meta["val"].shape)) for a in n.all_input_nodes
+                    if a.name in source and isinstance(a.meta.get("val"), torch.Tensor)]
+            if leaf is not None and current is not None and current[0] == leaf:
+                op = self.circuit.ops[current[1]]
+                op.shape = tuple(value.shape)
+                self._connect(srcs, op.id)
+            elif leaf is not None:
+                module = self.model.get_submodule(leaf)
+                params = sum(p.numel() for p in module.parameters())
+                op = Op(f"{leaf}#{len(self.circuit.ops)}", "module", module_label(module), leaf,
+                        type(module).__name__, learned=params > 0, scope=_lineage(leaf)[:-1],
+                        shape=tuple(value.shape), params=params)
+                self.circuit.ops[op.id] = op
+                self._connect(srcs, op.id)
+                current = leaf, op.id
+            else:
+                name = getattr(n.target, "_opname", str(n.target))
+                kind = "add" if name == "add" and len(srcs) >= 2 else "function"
+                op = Op(f"{prefix}{n.name}", kind, FUNCTION_LABELS.get(name, name), name, name,
+                        scope=_lineage(stack[-1]) if stack and stack[-1] else _lineage(root) if root else (),
+                        shape=tuple(value.shape))
+                self.circuit.ops[op.id] = op
+                self._connect(srcs, op.id)
+                current = None
+            source[n.name] = op.id
+            for m in op.scope:
+                self._note_module(m)
+        for node, t in zip(_output_nodes(exported.graph), _flatten_tensors(out)):
+            if node.name in source:
+                self.producer[id(t)] = source[node.name]
+                self.keep.append(t)
+        return out
+
+    def _connect(self, sources: list[tuple[str, tuple[int, ...]]], dst: str) -> None:
+        known = {(e.src, e.shape) for e in self.circuit.edges if e.dst == dst}
+        for src, shape in sources:
+            if src != dst and (src, shape) not in known:
+                self.circuit.edges.append(Edge(src, dst, shape))
+                known.add((src, shape))
+
+    def _is_leaf(self, path: str) -> bool:
+        module = self.model.get_submodule(path)
+        return isinstance(module, ATOMIC) or not any(True for _ in module.children())
+
     def _hooked(self, root: str, call) -> Any:
         """Run ``call`` with hooks on the leaves under module ``root``, adding one op per leaf call."""
         base = self.model.get_submodule(root) if root else self.model
@@ -261,6 +343,37 @@ class _Recorder:
             module = self.model.get_submodule(path)
             self.circuit.modules[path] = type(module).__name__
             self.circuit.module_params[path] = sum(p.numel() for p in module.parameters())
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    """Silence what a failing torch.export writes (its partial graph, printed to stderr; the shape
+    warnings) from this thread only: other sessions' threads keep their stderr."""
+    owner, stderr = threading.get_ident(), sys.stderr
+
+    class ThreadFilter:
+        def write(self, text: str) -> int:
+            return len(text) if threading.get_ident() == owner else stderr.write(text)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(stderr, name)
+
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level, sys.stderr = logger.level, ThreadFilter()
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        sys.stderr = stderr
+        logger.setLevel(level)
+
+
+def _output_nodes(graph: fx.Graph) -> list[fx.Node]:
+    """The nodes an exported graph returns, flattened in order (they pair with the outputs' tensors)."""
+    found: list[fx.Node] = []
+    output = next(n for n in graph.nodes if n.op == "output")
+    fx.node.map_arg(output.args, found.append)
+    return found
 
 
 def module_label(module: nn.Module) -> str:

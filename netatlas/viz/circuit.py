@@ -150,11 +150,14 @@ def _wires(dot: graphviz.Digraph, key: dict[str, str], view: CircuitView, symbol
 
 def _wire_attrs(axes: tuple[str, ...], shape: tuple[int, ...], sizes: dict[str, int],
                 style: DiagramStyle) -> dict[str, str]:
+    """Strands, one per axis, and their symbols; the label sits above the strands, not on them."""
     names = [style.name(a) for a in axes]
     text = " ".join(f"{n}={s}" if style.show_sizes else n for n, s in zip(names, shape))
     strands = ":white:".join(["black"] * max(len(axes), 1))
     tooltip = " × ".join(f"{n}={s}" for n, s in zip(names, shape)) or "scalar"
-    return {"label": text, "color": strands, "tooltip": tooltip}
+    label = (f'<<TABLE BORDER="0" CELLPADDING="0" CELLSPACING="0"><TR><TD>{html.escape(text)}</TD></TR>'
+             f'<TR><TD HEIGHT="{2 * len(axes) + 1}"></TD></TR></TABLE>>')
+    return {"label": label, "color": strands, "tooltip": tooltip}
 
 
 def _broadcast(op: Op, inputs: list[tuple[str, ...]], symbols: dict, style: DiagramStyle) -> str:
