@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -78,13 +79,20 @@ def residual(page) -> None:
 
 
 def diagram(page) -> None:
-    page.set_viewport_size({"width": 1400, "height": 1000})
+    page.set_viewport_size({"width": 1900, "height": 1000})
     page.get_by_text("Diagram", exact=True).click()
     expect(page.locator(".na-diagram svg")).to_be_visible(timeout=60_000)
+    page.locator(".na-fold-depth .noUi-handle").focus()     # blocks as boxes, one of them opened
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    page.locator(".na-unfold input").first.click()
+    page.locator(".na-unfold .choices__item--choice", has_text=re.compile(r"^blocks\.2$")).first.click()
+    page.keyboard.press("Escape")
     page.locator(".na-axis-names input").fill("C2=ch, H=h, W=w")
     page.locator(".na-axis-names input").press("Enter")
     expect(page.locator(".na-diagram-legend")).to_contain_text("ch = 16", timeout=30_000)
-    page.locator(".na-diagram svg g.node.op", has_text="Conv").first.hover()
+    page.locator(".na-fit input").check()
+    page.locator(".na-diagram svg g.edge").nth(1).hover()
     page.wait_for_timeout(1000)
     page.screenshot(path=OUT / "diagram.png")
 

@@ -85,6 +85,11 @@ def test_vit_b_16_folds_its_twelve_encoder_layers_into_few_boxes():
     per_layer = len(circuit.members("encoder.layers.encoder_layer_1"))
     assert unrolled.boxes == view.boxes + 11 * per_layer
     assert max(op.shape[-1] for op in circuit.ops.values() if op.shape) == 3072   # the MLP width
+    symbols = symbol_table(view)
+    # the patch grid flattened is named for the axes it merges; d_model keeps one name through the
+    # class token, the attention and the MLP's way back from 3072; the sequence is the 197 tokens
+    assert symbols["H₂W₂"] == 196 and symbols["H₂"] == symbols["W₂"] == 14
+    assert [s for s, n in symbols.items() if n == 768] == ["C₂"] and symbols["S"] == 197
     assert circuit.ops["output:output"].shape == (1, 1000)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import panel as pn
 import param
@@ -35,6 +36,7 @@ class DiagramView(param.Parameterized):
                                                   value="LR", button_type="primary", button_style="outline")
         self.fold_repeats = pn.widgets.Checkbox(name="Fold repeated blocks (×N)", value=True)
         self.sizes = pn.widgets.Checkbox(name="Sizes on wires", value=False, css_classes=["na-sizes"])
+        self.fit = pn.widgets.Checkbox(name="Fit to width", value=False, css_classes=["na-fit"])
         self.unfold = pn.widgets.MultiChoice(name="Open modules", options=[], sizing_mode="stretch_width",
                                              css_classes=["na-unfold"])
         self.unroll = pn.widgets.MultiChoice(name="Unroll folded blocks", options=[], sizing_mode="stretch_width",
@@ -50,7 +52,8 @@ class DiagramView(param.Parameterized):
         self.legend = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["na-diagram-legend"])
         self.figure = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-diagram"],
                                    styles={"overflow": "auto", "max-height": "75vh", "background": "white"})
-        for widget in (self.depth, self.layout, self.fold_repeats, self.sizes, self.unfold, self.unroll, self.names):
+        for widget in (self.depth, self.layout, self.fold_repeats, self.sizes, self.fit, self.unfold, self.unroll,
+                       self.names):
             widget.param.watch(lambda _e: self.redraw(), "value")
         state.param.watch(self._on_workspace, "workspace")
 
@@ -96,7 +99,10 @@ class DiagramView(param.Parameterized):
         except NetatlasError as exc:
             self.state.error(str(exc))
             return
-        self.figure.object = svg[svg.index("<svg"):]
+        svg = svg[svg.index("<svg"):]
+        if self.fit.value:   # scale to the pane instead of scrolling at natural size
+            svg = re.sub(r'^<svg width="[^"]*" height="[^"]*"', '<svg style="width:100%;height:auto"', svg)
+        self.figure.object = svg
         circuit, view = self.circuit, self.view
         runs = ", ".join(f"`{head}` ×{len(run)}" for head, run in view.repeats.items()) or "none"
         notes = "".join(f"\n\n*note: {n}*" for n in circuit.notes)
@@ -113,7 +119,7 @@ class DiagramView(param.Parameterized):
 
     def __panel__(self) -> pn.viewable.Viewable:
         controls = pn.Row(self.depth, pn.Column(pn.pane.Markdown("Layout", margin=(0, 5)), self.layout),
-                          pn.Column(self.fold_repeats, self.sizes), sizing_mode="stretch_width")
+                          pn.Column(self.fold_repeats, self.sizes), pn.Column(self.fit), sizing_mode="stretch_width")
         exports = pn.Row(*self.downloads, self.dpi, sizing_mode="stretch_width")
         return pn.Column(self.summary, controls, pn.Row(self.unfold, self.unroll, sizing_mode="stretch_width"),
                          self.names, self.legend, self.figure, exports, sizing_mode="stretch_width")

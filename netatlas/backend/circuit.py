@@ -238,33 +238,57 @@ def axis_symbols(circuit: Circuit) -> dict[tuple[str, str], tuple[str, ...]]:
         inputs[e.dst].append(e)
         outputs[e.src].append(e)
     named: dict[str, int] = {}        # symbol -> size
+    tails: dict[int, str] = {}        # size -> the symbol last seen as a wire's last (feature) axis
     wires: dict[tuple[str, str], tuple[str, ...]] = {}
     for op_id in circuit.ops:         # execution order: every input wire is named before its consumer
         incoming = [wires[(e.src, e.dst)] for e in inputs[op_id] if (e.src, e.dst) in wires]
+        is_input = circuit.ops[op_id].kind == "input"
         by_shape: dict[tuple[int, ...], tuple[str, ...]] = {}
         for e in outputs[op_id]:
             if e.shape not in by_shape:
-                by_shape[e.shape] = _name_axes(e.shape, incoming, named)
+                by_shape[e.shape] = _name_axes(e.shape, incoming, named, is_input, tails)
             wires[(e.src, e.dst)] = by_shape[e.shape]
     return wires
 
 
-def _name_axes(shape: tuple[int, ...], incoming: list[tuple[str, ...]], named: dict[str, int]) -> tuple[str, ...]:
+def _name_axes(shape: tuple[int, ...], incoming: list[tuple[str, ...]], named: dict[str, int],
+               is_input: bool, tails: dict[int, str]) -> tuple[str, ...]:
     first = incoming[0] if incoming else ()
     pool = [s for syms in incoming for s in syms]
+    if not incoming and not is_input:    # a learned tensor (a class token): sizes already named, latest first
+        pool = [s for s in reversed(named) if s != "1"]
     out: list[str] = []
     for pos, size in enumerate(shape):
         if pos < len(first) and len(first) == len(shape) and named.get(first[pos]) == size:
             out.append(first[pos])
             continue
-        if size == 1 and pos > 0 and incoming:     # an input's axes always get role letters
+        if size == 1 and pos > 0 and not is_input:     # an input's axes always get role letters
             out.append("1")
             continue
         carried = next((s for s in pool if named.get(s) == size and s not in out), None)
         if carried is None and pos == 0 and "B" in named and named["B"] == size:
             carried = "B"
-        out.append(carried or _new_symbol(len(shape), pos, size, named))
+        if carried is None and pos == len(shape) - 1 and pos > 0:   # features back at their width: d_model
+            carried = tails.get(size)
+        out.append(carried or _merged_symbol(size, first, named) or _new_symbol(len(shape), pos, size, named))
+    if len(out) > 1:
+        tails[shape[-1]] = out[-1]
     return tuple(out)
+
+
+def _merged_symbol(size: int, axes: tuple[str, ...], named: dict[str, int]) -> str | None:
+    """A flattened axis is named for the adjacent axes it merges: [B, C, H, W] -> [B, C, HW]."""
+    for i in range(len(axes)):
+        product = named.get(axes[i], 0)
+        for j in range(i + 1, len(axes)):
+            product *= named.get(axes[j], 0)
+            if product == size and all(named.get(a, 1) > 1 for a in axes[i:j + 1]):
+                symbol = "".join(axes[i:j + 1])
+                named.setdefault(symbol, size)
+                return symbol if named[symbol] == size else None
+            if product > size:
+                break
+    return None
 
 
 def _new_symbol(rank: int, pos: int, size: int, named: dict[str, int]) -> str:
