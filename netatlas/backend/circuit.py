@@ -52,7 +52,7 @@ class Circuit:
     modules: dict[str, str]                  # path -> class name (every module met in a scope)
     module_params: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    method: str = "fx"                       # "fx", "fx+hooks" or "hooks"
+    method: str = "fx"                       # how it was read: "fx", "fx+export", "fx+hooks", "hooks" ...
 
     # ---- structure -----------------------------------------------------------------------------
     def members(self, module: str) -> list[str]:
@@ -81,9 +81,10 @@ class Circuit:
             parent = stack.pop()
             kids = self.children(parent)
             stack.extend(kids)
+            signatures = {kid: self._signature(kid) for kid in kids}
             run: list[str] = []
             for kid in kids:
-                if run and self._signature(run[-1]) == self._signature(kid) and self._feeds(run[-1], kid):
+                if run and signatures[run[-1]] == signatures[kid] and self._feeds(run[-1], kid):
                     run.append(kid)
                     continue
                 if len(run) > 1:
@@ -122,9 +123,7 @@ class Circuit:
                     circuit = circuit._fold(run)
                     repeats[run[0]] = run
         collapsed = _collapsed(circuit, fold_depth, set(unfold))
-        for module in sorted(collapsed, key=_depth):
-            if any(module.startswith(c + ".") for c in collapsed if c != module):
-                continue
+        for module in collapsed:   # outermost only: none lies inside another
             circuit = circuit._collapse(module, len(repeats.get(module, [module])))
         return CircuitView(circuit, repeats, collapsed)
 

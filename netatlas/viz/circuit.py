@@ -56,7 +56,6 @@ def to_dot(view: CircuitView, style: DiagramStyle | None = None) -> graphviz.Dig
     style = style or DiagramStyle()
     circuit = view.circuit
     symbols = axis_symbols(circuit)
-    sizes = _symbol_sizes(circuit, symbols)
     dot = graphviz.Digraph("circuit", graph_attr={
         "rankdir": style.layout, "fontname": FONT, "fontsize": "11", "nodesep": "0.18", "ranksep": "0.3",
         "newrank": "true", "splines": "spline", "pad": "0.15"},
@@ -82,14 +81,14 @@ def to_dot(view: CircuitView, style: DiagramStyle | None = None) -> graphviz.Dig
 
     def fill(graph: graphviz.Digraph, module: str | None) -> None:
         for op_id in placed[module]:
-            _node(graph, key[op_id], circuit.ops[op_id], inputs[op_id], symbols, style)
+            _node(graph, key[op_id], circuit.ops[op_id], inputs[op_id], style)
         for child in tree[module]:
             with graph.subgraph(name=f"cluster_{child}") as sub:
                 _fence(sub, child, circuit.modules.get(child, ""), view.repeat_count(child))
                 fill(sub, child)
 
     fill(dot, None)
-    _wires(dot, key, view, symbols, sizes, style)
+    _wires(dot, key, view, symbols, style)
     return dot
 
 
@@ -102,8 +101,7 @@ def _fence(sub: graphviz.Digraph, module: str, type_name: str, repeat: int) -> N
              fillcolor=REPEAT_FILL, margin="10")
 
 
-def _node(graph: graphviz.Digraph, node: str, op: Op, inputs: list[tuple[str, ...]],
-          symbols: dict, style: DiagramStyle) -> None:
+def _node(graph: graphviz.Digraph, node: str, op: Op, inputs: list[tuple[str, ...]], style: DiagramStyle) -> None:
     tip, kind = _tooltip(op), "op learned" if op.learned else "op"
     if op.kind in ("input", "output"):
         graph.node(node, label=f"<<I>{html.escape(op.label)}</I>>", shape="plaintext", tooltip=tip, **{"class": op.kind})
@@ -118,13 +116,13 @@ def _node(graph: graphviz.Digraph, node: str, op: Op, inputs: list[tuple[str, ..
         graph.node(node, label=label, shape="box", style="rounded,bold" if op.learned else "rounded",
                    peripheries="2" if op.repeat > 1 else "1", tooltip=tip, **{"class": kind + " block"})
     else:
-        over = _broadcast(op, inputs, symbols, style) if style.show_broadcast else ""
+        over = _broadcast(op, inputs, style) if style.show_broadcast else ""
         label = f"<{_bold(html.escape(op.label), op.learned)}{over}>"
         graph.node(node, label=label, shape="box", penwidth="2.2" if op.learned else "1", tooltip=tip,
                    **{"class": kind})
 
 
-def _wires(dot: graphviz.Digraph, key: dict[str, str], view: CircuitView, symbols: dict, sizes: dict[str, int],
+def _wires(dot: graphviz.Digraph, key: dict[str, str], view: CircuitView, symbols: dict,
            style: DiagramStyle) -> None:
     """Each tensor as parallel strands, one per axis; a tensor used twice splits at a copy point."""
     circuit = view.circuit
@@ -133,7 +131,7 @@ def _wires(dot: graphviz.Digraph, key: dict[str, str], view: CircuitView, symbol
         consumers[(e.src, e.shape)].append(e.dst)
     for (src, shape), dsts in consumers.items():
         axes = symbols[(src, dsts[0])]
-        attrs = _wire_attrs(axes, shape, sizes, style)
+        attrs = _wire_attrs(axes, shape, style)
         inferred = any(e.inferred for e in circuit.edges if e.src == src and e.dst in dsts)
         if inferred:
             attrs["style"] = "dashed"
@@ -148,8 +146,7 @@ def _wires(dot: graphviz.Digraph, key: dict[str, str], view: CircuitView, symbol
             dot.edge(copy, key[dst], **strands)
 
 
-def _wire_attrs(axes: tuple[str, ...], shape: tuple[int, ...], sizes: dict[str, int],
-                style: DiagramStyle) -> dict[str, str]:
+def _wire_attrs(axes: tuple[str, ...], shape: tuple[int, ...], style: DiagramStyle) -> dict[str, str]:
     """Strands, one per axis, and their symbols; the label sits above the strands, not on them."""
     names = [style.name(a) for a in axes]
     text = " ".join(f"{n}={s}" if style.show_sizes else n for n, s in zip(names, shape))
@@ -160,7 +157,7 @@ def _wire_attrs(axes: tuple[str, ...], shape: tuple[int, ...], sizes: dict[str, 
     return {"label": label, "color": strands, "tooltip": tooltip}
 
 
-def _broadcast(op: Op, inputs: list[tuple[str, ...]], symbols: dict, style: DiagramStyle) -> str:
+def _broadcast(op: Op, inputs: list[tuple[str, ...]], style: DiagramStyle) -> str:
     """The axes a Linear or LayerNorm broadcasts over: every axis but the last passes through."""
     if op.type_name not in BROADCASTING or not inputs or op.shape is None or len(inputs[0]) < 2:
         return ""
@@ -183,17 +180,13 @@ def _tooltip(op: Op) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def _symbol_sizes(circuit, symbols: dict) -> dict[str, int]:
-    sizes: dict[str, int] = {}
-    for e in circuit.edges:
+def symbol_table(view: CircuitView) -> dict[str, int]:
+    """Every axis symbol in the diagram with its size (the legend; what users rename)."""
+    symbols, sizes = axis_symbols(view.circuit), {}
+    for e in view.circuit.edges:
         for sym, size in zip(symbols[(e.src, e.dst)], e.shape):
             sizes.setdefault(sym, size)
     return sizes
-
-
-def symbol_table(view: CircuitView) -> dict[str, int]:
-    """Every axis symbol in the diagram with its size (the legend; what users rename)."""
-    return _symbol_sizes(view.circuit, axis_symbols(view.circuit))
 
 
 def render(view: CircuitView, fmt: str, style: DiagramStyle | None = None, dpi: int = 150) -> bytes:
