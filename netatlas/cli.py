@@ -133,6 +133,27 @@ def build_parser() -> argparse.ArgumentParser:
     diagram.add_argument("--dpi", type=int, default=200, help="PNG resolution (default 200)")
     diagram.set_defaults(run=cmd_diagram)
 
+    kan = sub.add_parser("kan", help="KAN activation curves: network, edge importance, curves, formulas")
+    kan.add_argument("checkpoint", help="pykan's <name>_state (beside its _config.yml and _cache_data), or a "
+                     "state_dict/.safetensors of efficient-kan, FastKAN, ChebyKAN, FourierKAN, ReLU-KAN, TruKAN "
+                     "or AF-KAN; 'demo' for the shipped pykan demo")
+    kan.add_argument("-o", "--out", required=True, type=Path, help="folder for the figures and CSV files")
+    kan.add_argument("--family", default=None, help="the KAN library, when detection from the keys is not enough")
+    kan.add_argument("--option", nargs="+", default=[], metavar="NAME=VALUE",
+                     help="what the keys do not store, e.g. k=3 (the error lists each family's options)")
+    kan.add_argument("--sample", type=Path, default=None,
+                     help="inputs [N, in] (.npy, .npz, .pt, .csv) drawn behind the curves and ranking the edges")
+    kan.add_argument("--layer", type=int, nargs="+", default=None, help="layers to draw (default: all)")
+    kan.add_argument("--top", type=int, default=16, help="draw each layer's N most important edges (default 16)")
+    kan.add_argument("--edges", nargs="+", default=None, metavar="I:J",
+                     help="draw these edges (input I -> output J) instead of the top ones")
+    kan.add_argument("--parts", action="store_true", help="draw base and spline parts beside each total")
+    kan.add_argument("--suggest", action="store_true", help="fit c*f(a*x+b)+d to each drawn edge, rank formulas")
+    kan.add_argument("--format", nargs="+", default=["svg"], choices=("svg", "pdf", "png"), dest="formats")
+    kan.add_argument("--trust-pickle", action="store_true",
+                     help="load a pickled module (runs code from the file); state_dicts need no trust")
+    kan.set_defaults(run=cmd_kan)
+
     serve = sub.add_parser("serve", help="serve the app (same options as launch.py)")
     add_serve_args(serve)
     serve.set_defaults(run=cmd_serve)
@@ -448,6 +469,67 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     runs = ", ".join(f"{head} x{len(run)}" for head, run in view.repeats.items()) or "none"
     print(f"{view.boxes} boxes ({circuit.method}); folded: {runs}; {time.perf_counter() - start:.2f} s")
     return 0
+
+
+def cmd_kan(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from netatlas.backend.kan.analysis import analyze
+    from netatlas.backend.kan.checkpoint import read_kan
+    from netatlas.backend.kan.demo import demo_kan
+    from netatlas.backend.kan.families import parse_options
+    from netatlas.backend.kan.symbolic import suggest_formulas
+    from netatlas.viz.kan import curve_table, edge_curves, importance_heatmap, network_figure, top_edges
+    from netatlas.viz.styling import export
+
+    path = demo_kan() if args.checkpoint == "demo" else Path(args.checkpoint)
+    analysis = analyze(read_kan(path, family=args.family, options=parse_options(args.option), sample=args.sample,
+                                trust_pickle=args.trust_pickle))
+    network = analysis.network
+    print(f"{path.name}: {network.family}, widths {' -> '.join(map(str, network.widths))}; {analysis.sample_note}")
+    for note in network.notes:
+        print(f"note: {note}", file=sys.stderr)
+    layers = args.layer if args.layer is not None else range(len(network.layers))
+    if any(not 0 <= index < len(network.layers) for index in layers):
+        raise NetatlasError(f"--layer: this KAN has layers 0..{len(network.layers) - 1}")
+    figures = {"network": network_figure(network, analysis.inputs, analysis.importance)}
+    tables, formulas = [], []
+    for index in layers:
+        layer, inputs = network.layers[index], analysis.inputs[index]
+        edges = parse_edges(args.edges, layer) if args.edges else top_edges(analysis.importance[index], args.top)
+        fits = {}
+        for i, j in edges if args.suggest else []:
+            ranked = suggest_formulas(inputs[:, i].numpy(), layer.curves(inputs)[:, i, j].numpy())
+            fits[(i, j)] = ranked[0]
+            formulas += [{"layer": index, "i": i, "j": j, "rank": rank + 1, "formula": fit.expression(),
+                          "r2": fit.r2, "complexity": fit.complexity} for rank, fit in enumerate(ranked)]
+            print(f"layer {index} edge {i} -> {j}: {ranked[0].expression()}  (R^2 {ranked[0].r2:.4f})")
+        parts = tuple(p.name for p in layer.parts) if args.parts else ()
+        figures[f"layer{index}_heatmap"] = importance_heatmap(analysis.importance[index], analysis.layer_label(index))
+        figures[f"layer{index}_curves"] = edge_curves(layer, edges, inputs, parts=parts, symbolic_fits=fits,
+                                                      index=index)
+        tables.append(curve_table(layer, edges, inputs=inputs, index=index))
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, figure in figures.items():
+        for fmt in args.formats:
+            print(f"wrote {export(figure, args.out / f'{name}.{fmt}')}")
+    pd.concat(tables).to_csv(args.out / "curves.csv", index=False)
+    print(f"wrote {args.out / 'curves.csv'}")
+    if formulas:
+        pd.DataFrame(formulas).to_csv(args.out / "formulas.csv", index=False)
+        print(f"wrote {args.out / 'formulas.csv'}")
+    return 0
+
+
+def parse_edges(given: list[str], layer) -> list[tuple[int, int]]:
+    """``["0:1", "3:0"]`` -> [(0, 1), (3, 0)], each inside the layer's [in, out]."""
+    edges = []
+    for text in given:
+        i, sep, j = text.partition(":")
+        if not (sep and i.isdigit() and j.isdigit()) or int(i) >= layer.in_dim or int(j) >= layer.out_dim:
+            raise NetatlasError(f"--edges {text}: write I:J with I < {layer.in_dim} (inputs), J < {layer.out_dim}")
+        edges.append((int(i), int(j)))
+    return edges
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import panel as pn
 from netatlas.app.config import AppConfig
 from netatlas.app.dendromap_view import DendroMapView
 from netatlas.app.diagram_view import DiagramView
+from netatlas.app.kan_view import KANView
 from netatlas.app.loader_view import LoaderView
 from netatlas.app.map_view import MapView
 from netatlas.app.model_view import ModelView
@@ -36,7 +37,7 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     embedding_map = MapView(state, neurons, dendromap)
     diagram = DiagramView(state)
     views = [("Model", ModelView(state)), ("Diagram", diagram), ("Neurons", neurons), ("DendroMap", dendromap),
-             ("Map", embedding_map), ("Residual", ResidualView(state))]
+             ("Map", embedding_map), ("Residual", ResidualView(state)), ("KAN", KANView(state))]
     tabs = pn.Tabs(*views, dynamic=False, sizing_mode="stretch_width")
 
     async def on_tab(event) -> None:  # the diagram, tree and map are computed when their tab is first shown

@@ -74,16 +74,16 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
     notes: list[str] = []
 
     if path.suffix == ".safetensors":
-        fmt, model = "safetensors", _model_from_state(_read_safetensors(path), arch, arch_kwargs, notes)
+        fmt, model = "safetensors", _model_from_state(read_safetensors(path), arch, arch_kwargs, notes)
     elif _is_torchscript(path):
         fmt, model = "torchscript", _read_torchscript(path)
     else:
-        obj = _read_pickle(path, trust_pickle)
+        obj = read_pickle(path, trust_pickle)
         if isinstance(obj, nn.Module):
             fmt, model = "pickled-module", obj
             notes.append("loaded a fully pickled module (trusted by the user)")
         else:
-            fmt, model = "state_dict", _model_from_state(_find_state_dict(obj, path), arch, arch_kwargs, notes)
+            fmt, model = "state_dict", _model_from_state(find_state_dict(obj, path), arch, arch_kwargs, notes)
 
     if preprocessing is None:
         preprocessing = _default_preprocessing(sidecar, arch)
@@ -128,7 +128,7 @@ def file_sha256(path: Path) -> str:
     return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -152,7 +152,7 @@ def _read_torchscript(path: Path) -> nn.Module:
         raise NetatlasError(f"{path.name} looks like TorchScript but did not load: {exc}") from exc
 
 
-def _read_pickle(path: Path, trust_pickle: bool) -> Any:
+def read_pickle(path: Path, trust_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
@@ -186,7 +186,7 @@ def _refusal_message(path: Path, exc: Exception) -> str:
             + TRUST_PICKLE_HINT)
 
 
-def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+def find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """The tensor mapping inside a checkpoint: the object itself or under a common wrapper key."""
     if _is_tensor_mapping(obj):
         return dict(obj)

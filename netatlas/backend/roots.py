@@ -43,10 +43,13 @@ class AllowedRoots:
                                 "start it with --root for that folder")
         return resolved
 
+    def files(self) -> list[Path]:
+        """Every readable file under the roots (bounded walk, sorted)."""
+        return [p for p in self._walk() if p.is_file() and self._inside(p)]
+
     def checkpoints(self) -> list[Path]:
-        """Checkpoint-like files under the roots (bounded walk, sorted)."""
-        return [p for p in self._walk()
-                if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and self._inside(p)]
+        """Checkpoint-like files under the roots."""
+        return [p for p in self.files() if p.suffix in CHECKPOINT_SUFFIXES]
 
     def datasets(self) -> list[Path]:
         """``.npz`` files and folders holding images (directly or in class subfolders)."""

@@ -1,0 +1,54 @@
+"""One opened KAN: its layers' inputs on a sample batch and every edge's importance, computed once.
+
+The views and the CLI all start here, so the sample that draws the data behind each curve is also
+the one that ranks the edges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from netatlas.backend.kan.base import KANNetwork, edge_importance
+
+MAX_SAMPLE = 4096
+UNIFORM_SAMPLE = 1024
+
+
+@dataclass
+class KANAnalysis:
+    network: KANNetwork
+    inputs: list[Tensor]          # per layer, its input on the sample [N, in]
+    importance: list[Tensor]      # per layer, [out, in]
+    sample_note: str              # where the sample came from, for the page and the CLI
+
+    def layer_label(self, index: int) -> str:
+        layer = self.network.layers[index]
+        return f"layer {index} ({self.network.names[index].rstrip('.') or 'root'}: {layer.in_dim} -> {layer.out_dim})"
+
+
+def analyze(network: KANNetwork, sample: Tensor | None = None, seed: int = 0) -> KANAnalysis:
+    """Propagate a sample (the given one, the checkpoint's, or a uniform one) and score every edge.
+
+    Without any sample the network's first-layer domain is sampled uniformly, and later layers see
+    what that produces: the curves are still exact, only the data behind them is synthetic.
+    """
+    sample = sample if sample is not None else network.sample
+    if sample is not None:
+        note = f"sample: {len(sample):,} inputs from the checkpoint or the file given"
+        if len(sample) > MAX_SAMPLE:
+            keep = torch.randperm(len(sample), generator=torch.Generator().manual_seed(seed))[:MAX_SAMPLE]
+            sample, note = sample[keep], note + f" ({MAX_SAMPLE:,} of them drawn at random)"
+    else:
+        domain = network.layers[0].domain().double()
+        u = torch.rand(UNIFORM_SAMPLE, len(domain), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        sample = domain[:, 0] + u * (domain[:, 1] - domain[:, 0])
+        note = f"no sample given: {UNIFORM_SAMPLE:,} inputs drawn uniformly over the first layer's grid"
+    sample = sample if sample.is_floating_point() else sample.float()
+    inputs = network.layer_inputs(sample)
+    for layer, x in zip(network.layers, inputs):
+        layer.observe(x)
+    importance = [edge_importance(layer, x) for layer, x in zip(network.layers, inputs)]
+    return KANAnalysis(network, inputs, importance, note)
