@@ -97,8 +97,25 @@ def diagram(page) -> None:
     page.screenshot(path=OUT / "diagram.png")
 
 
+def kan(page) -> None:
+    page.set_viewport_size({"width": 1400, "height": 1750})
+    page.get_by_text("KAN", exact=True).click()
+    page.locator(".na-kan-checkpoint select").select_option(label="kan/efficient_kan_digits.pt")
+    page.locator(".na-kan-open button").click()
+    expect(page.locator(".na-kan-summary")).to_contain_text("64 → 16 → 10", timeout=60_000)
+    page.locator(".na-kan-layer select").select_option(label="layer 1 (layers.1: 16 -> 10)")
+    page.locator(".na-kan-top .noUi-handle").focus()
+    for _ in range(8):                                       # the top 8 edges of the 16 -> 10 layer
+        page.keyboard.press("ArrowLeft")
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Suggest formula").click()
+    expect(page.locator(".na-kan-formulas")).to_contain_text("Edge", timeout=60_000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=OUT / "kan.png")
+
+
 VIEWS = {"model": model, "diagram": diagram, "neurons": neurons, "facets": facets, "dendromap": dendromap, "map": map_view,
-         "residual": residual}
+         "residual": residual, "kan": kan}
 
 
 def main(names: list[str]) -> None:

@@ -486,24 +486,27 @@ def cmd_kan(args: argparse.Namespace) -> int:
     analysis = analyze(read_kan(path, family=args.family, options=parse_options(args.option), sample=args.sample,
                                 trust_pickle=args.trust_pickle))
     network = analysis.network
-    print(f"{path.name}: {network.family}, widths {' -> '.join(map(str, network.widths))}; {analysis.sample_note}")
-    for note in network.notes:
-        print(f"note: {note}", file=sys.stderr)
     layers = args.layer if args.layer is not None else range(len(network.layers))
     if any(not 0 <= index < len(network.layers) for index in layers):
         raise NetatlasError(f"--layer: this KAN has layers 0..{len(network.layers) - 1}")
+    chosen = {index: parse_edges(args.edges, network.layers[index]) if args.edges
+              else top_edges(analysis.importance[index], args.top) for index in layers}
+    print(f"{path.name}: {network.family}, widths {' -> '.join(map(str, network.widths))}; {analysis.sample_note}")
+    for note in network.notes:
+        print(f"note: {note}", file=sys.stderr)
     figures = {"network": network_figure(network, analysis.inputs, analysis.importance)}
     tables, formulas = [], []
-    for index in layers:
+    for index, edges in chosen.items():
         layer, inputs = network.layers[index], analysis.inputs[index]
-        edges = parse_edges(args.edges, layer) if args.edges else top_edges(analysis.importance[index], args.top)
         fits = {}
         for i, j in edges if args.suggest else []:
             ranked = suggest_formulas(inputs[:, i].numpy(), layer.curves(inputs)[:, i, j].numpy())
             fits[(i, j)] = ranked[0]
             formulas += [{"layer": index, "i": i, "j": j, "rank": rank + 1, "formula": fit.expression(),
-                          "r2": fit.r2, "complexity": fit.complexity} for rank, fit in enumerate(ranked)]
-            print(f"layer {index} edge {i} -> {j}: {ranked[0].expression()}  (R^2 {ranked[0].r2:.4f})")
+                          "r2": fit.r2, "complexity": fit.complexity, "note": fit.note}
+                         for rank, fit in enumerate(ranked)]
+            note = f"; {ranked[0].note}" if ranked[0].note else ""
+            print(f"layer {index} edge {i} -> {j}: {ranked[0].expression()}  (R^2 {ranked[0].r2:.4f}{note})")
         parts = tuple(p.name for p in layer.parts) if args.parts else ()
         figures[f"layer{index}_heatmap"] = importance_heatmap(analysis.importance[index], analysis.layer_label(index))
         figures[f"layer{index}_curves"] = edge_curves(layer, edges, inputs, parts=parts, symbolic_fits=fits,

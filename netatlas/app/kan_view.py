@@ -50,7 +50,8 @@ class KANView(param.Parameterized):
         self.layer = pn.widgets.Select(name="Layer", options={}, width=260, css_classes=["na-kan-layer"])
         self.mode = pn.widgets.RadioButtonGroup(options=["top edges", "picked edges"], value="top edges",
                                                 button_type="primary", button_style="outline")
-        self.top = pn.widgets.IntSlider(name="Top edges", start=1, end=64, value=16, width=200)
+        self.top = pn.widgets.IntSlider(name="Top edges", start=1, end=64, value=16, width=200,
+                                        css_classes=["na-kan-top"])
         self.parts = pn.widgets.Checkbox(name="Show base and spline parts separately", value=False)
         self.picked = pn.widgets.MultiChoice(name="Picked edges (i → j)", options=[], sizing_mode="stretch_width",
                                              css_classes=["na-kan-picked"])
@@ -60,7 +61,7 @@ class KANView(param.Parameterized):
                                                button_style="outline")
         self.summary = pn.pane.Markdown(ABOUT, sizing_mode="stretch_width", css_classes=["na-kan-summary"])
         self.formulas = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["na-kan-formulas"])
-        self.network_pane = pn.pane.HoloViews(None, sizing_mode="stretch_width", css_classes=["na-kan-network"])
+        self.network_pane = pn.pane.HoloViews(None, css_classes=["na-kan-network"])
         self.heatmap_pane = pn.pane.HoloViews(None, css_classes=["na-kan-heatmap"])
         self.curves_pane = pn.pane.HoloViews(None, css_classes=["na-kan-curves"])
         self.downloads = [pn.widgets.FileDownload(callback=pn.bind(self._export, figure=name), filename=f"kan_{name}",
@@ -191,10 +192,11 @@ class KANView(param.Parameterized):
         if not ranked:
             return
         self.fits[(index, i, j)] = ranked[0]
-        rows = [f"| {n + 1} | `{f.expression()}` | {f.r2:.4f} | {f.complexity} |" for n, f in enumerate(ranked)]
+        rows = [f"| {n + 1} | `{f.expression()}` | {f.r2:.4f} | {f.complexity} | {f.note} |"
+                for n, f in enumerate(ranked)]
         self.formulas.object = "\n".join([f"**Edge {i} → {j} of layer {index}**, formulas ranked by fit and "
                                           "simplicity (as pykan's auto_symbolic):", "",
-                                          "| rank | formula | R² | complexity |", "|---|---|---|---|", *rows])
+                                          "| rank | formula | R² | complexity | note |", "|---|---|---|---|---|", *rows])
         self.redraw_curves()
 
     # ---- exports -------------------------------------------------------------------------------

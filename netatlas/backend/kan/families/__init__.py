@@ -7,6 +7,7 @@ signature first); ``read_network`` reads with the detected or the user's chosen 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,6 +25,7 @@ class Family:
     matches: Callable[[Mapping[str, Tensor]], bool]      # does this state_dict look like ours?
     read: Callable[[Mapping[str, Tensor], dict[str, Any]], KANNetwork]
     options: dict[str, str] = field(default_factory=dict)   # option name -> what it means, for help
+    network_keys: str = ""     # regex of keys the family reads outside its layer prefixes (pykan's node affines)
 
 
 def families() -> dict[str, Family]:
@@ -56,7 +58,21 @@ def read_network(state: Mapping[str, Tensor], family: str | None = None,
     if unknown:
         raise NetatlasError(f"{chosen.name} takes no option {', '.join(sorted(unknown))}; "
                             f"it takes: {', '.join(chosen.options) or 'none'}")
-    return chosen.read(state, options)
+    network = chosen.read(state, options)
+    stray = unread_keys(state, network, chosen.network_keys)
+    if stray:
+        network.notes.append(f"{len(stray)} tensors lie outside the KAN layers and are not read "
+                             f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}): modules between "
+                             "layers are skipped, so the inputs behind later layers' curves may differ from "
+                             "the model's own")
+    return network
+
+
+def unread_keys(state: Mapping[str, Tensor], network: KANNetwork, network_keys: str = "") -> list[str]:
+    """Keys of ``state`` under none of the network's layer prefixes (and not the family's own extras)."""
+    prefixes = tuple(name.rstrip(".") + "." for name in network.names)
+    extra = re.compile(network_keys) if network_keys else None
+    return [key for key in state if not key.startswith(prefixes) and not (extra and extra.search(key))]
 
 
 def parse_options(items: list[str]) -> dict[str, Any]:

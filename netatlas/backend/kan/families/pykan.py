@@ -199,6 +199,7 @@ FAMILY = Family(
     title="pykan (MultKAN / KAN 0.2, and the 0.1 layout)",
     matches=_matches,
     read=read_pykan,
+    network_keys=r"(^|\.)(sub)?node_(bias|scale)_\d+$|(^|\.)symbolic_fun\.\d+\.|(^|\.)biases\.\d+\.weight$",
     options={
         "k": "spline order, one int or one per layer; the shapes fix it, so a different value is refused",
         "base_fun": "the residual function b(x): silu (pykan's default), identity or zero",
