@@ -191,7 +191,10 @@ def test_paper_batch_equals_images_one_at_a_time(demo):
     settings = FeatvizSettings("paper", steps=15)
     batch = maximize(model, start, Objective("", 2), pre, settings)
     alone = torch.cat([maximize(model, start[i:i + 1], Objective("", 2), pre, settings) for i in range(3)])
-    torch.testing.assert_close(batch, alone, atol=1e-4, rtol=0)
+    # Batched and single convolutions round differently, and 15 normalized steps amplify a few of those
+    # roundings past 1e-4 on some CPUs; mixing the facets' normalization would move nearly every pixel.
+    differ = (batch - alone).abs()
+    assert float(differ.max()) < 1e-2 and float((differ > 1e-4).float().mean()) < 0.02
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
