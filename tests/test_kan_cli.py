@@ -96,3 +96,20 @@ def test_without_a_sample_the_first_layer_is_sampled_over_its_grid():
     edges = network.layers[0].edges(first)                       # importance, recomputed by hand
     expected = edges.std(0) / (first.std(0) + 0.1)[:, None]
     torch.testing.assert_close(scores, expected.T)
+
+
+@pytest.mark.parametrize("name", ["fastkan-net", "chebykan-net", "fourierkan", "relukan-trained-net",
+                                  "trukan-learned-net", "afkan-net"])
+def test_cli_draws_every_family_from_its_detected_state_dict(name, tmp_path, capsys):
+    from tests.test_kan_basis_families import build
+
+    case = build(name)
+    torch.save(case.net.float().state_dict(), tmp_path / "model.pt")
+    options = [f"{key}={value}" for key, value in case.options.items()]
+    args = ["kan", str(tmp_path / "model.pt"), "-o", str(tmp_path / "out"), "--parts", "--top", "4"]
+    assert main(args + (["--option", *options] if options else [])) == 0
+    assert f"model.pt: {case.family.FAMILY.name}, widths" in capsys.readouterr().out
+    table = rows(tmp_path / "out" / "curves.csv")
+    assert {r["layer"] for r in table} == {str(i) for i in range(len(case.layers))}
+    assert all(np.isfinite(float(r["total"])) for r in table)
+    assert ET.parse(tmp_path / "out" / "layer0_curves.svg").getroot().tag.endswith("svg")

@@ -198,13 +198,14 @@ def test_symbolic_fit_is_dashed_over_the_curve(layer, sample):
 def test_other_variables_name_the_axis():
     layer, x = SquashedSpline(2, 2), torch.linspace(-3, 3, 200)[:, None].repeat(1, 2)
     panel = figures.edge_curves(layer, [(1, 0)], x, bins=10).values()[0]
-    total = lines(panel)[0]
-    assert total.kdims[0].label == "x (base), tanh(x) (spline)"
-    t = total.dimension_values(0)
+    base, spline = lines(panel)                 # parts on different axes are drawn apart, with no total
+    assert (base.label, spline.label) == ("base", "spline")
+    assert base.kdims[0].label == "x (base), tanh(x) (spline)"
+    t = base.dimension_values(0)
     edge = np.tanh(3.0)                         # the domain [-0.5, 0.5] widened to the sample's tanh(x)
     assert np.isclose(t[0], -edge) and np.isclose(t[-1], edge)
-    expected = layer.w[1, 0] * np.sin(t) + layer.v[1, 0] * t ** 2   # each part on its own axis, as curves() says
-    assert np.allclose(total.dimension_values(1), expected, atol=1e-5)
+    assert np.allclose(base.dimension_values(1), layer.w[1, 0] * np.sin(t), atol=1e-5)
+    assert np.allclose(spline.dimension_values(1), layer.v[1, 0] * t ** 2, atol=1e-5)
     count = background(panel).dimension_values("count")[-(2 * 10 + 2):]
     squashed = torch.tanh(x[:, 1]).numpy()
     counts = np.histogram(squashed, bins=10, range=(min(-0.5, squashed.min()), max(0.5, squashed.max())))[0]

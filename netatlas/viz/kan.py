@@ -120,6 +120,9 @@ def edge_curves(layer: EdgeLayer, edges: Sequence[tuple[int, int]], inputs: Tens
     unknown = set(parts) - set(names)
     if unknown:
         raise NetatlasError(f"this layer has no part {', '.join(sorted(unknown))}; choose among {', '.join(names)}")
+    mixed = len({p.variable for p in layer.parts}) > 1   # FastKAN with LayerNorm: parts on different axes,
+    if mixed:                                            # whose sum is no curve of one variable: parts only
+        parts = names
     table = _curve_rows(layer, edges, points, inputs, index, parts)
     data = _variable_values(layer, inputs)
     knots = layer.knots()
@@ -130,8 +133,8 @@ def edge_curves(layer: EdgeLayer, edges: Sequence[tuple[int, int]], inputs: Tens
         rows = table.iloc[k * points:(k + 1) * points]
         x, fit = rows["x"].to_numpy(), (symbolic_fits or {}).get((i, j))
         legend = bool(parts) or fit is not None
-        lines = [hv.Curve((x, rows["total"].to_numpy()), xdim, _PHI, label="total" if legend else "",
-                          group="Symbolic" if (i, j) in symbolic else "Total")]
+        lines = [] if mixed else [hv.Curve((x, rows["total"].to_numpy()), xdim, _PHI, label="total" if legend else "",
+                                           group="Symbolic" if (i, j) in symbolic else "Total")]
         lines += [hv.Curve((x, rows[p].to_numpy()), xdim, _PHI, label=p,
                            group=f"Part{names.index(p) % len(PART_COLORS)}") for p in parts]
         yrange = _span(np.concatenate([line.dimension_values(1) for line in lines]))
