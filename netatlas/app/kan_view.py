@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import holoviews as hv
@@ -24,6 +26,7 @@ from netatlas.viz.styling import EXPORT_FORMATS, export
 AUTO = "detect from the keys"
 OWN_SAMPLE = "the checkpoint's own (pykan cache_data), else uniform"
 SAMPLE_SUFFIXES = frozenset({".npy", ".npz", ".csv", ".pt"})
+MAX_LISTED = 2000      # edges offered in the picker, most important first; a heatmap tap picks any other
 ABOUT = ("A Kolmogorov-Arnold network computes y_j = Σ_i φ_ij(x_i) + c_j in every layer. The network "
          "draws each edge's learned function φ_ij with alpha = tanh(3 · importance), as pykan does "
          "(importance: the spread of φ_ij over the sample, over the spread of its input). Pick edges in "
@@ -72,10 +75,11 @@ class KANView(param.Parameterized):
                                            button_type="light", width=170, css_classes=["na-kan-download-csv"])
         self.open_button.on_click(self._on_open)
         self.suggest_button.on_click(self._on_suggest)
-        self.layer.param.watch(lambda _e: self._on_layer(), "value")
+        self._updating = False
+        self.picked.param.watch(self._on_picked, "value")     # first: it sets the mode the redraw reads
+        self.layer.param.watch(lambda _e: self._updating or self._on_layer(), "value")
         for widget in (self.mode, self.top, self.parts, self.picked):
-            widget.param.watch(lambda _e: self.redraw_curves(), "value")
-        self.picked.param.watch(self._on_picked, "value")
+            widget.param.watch(lambda _e: self._updating or self.redraw_curves(), "value")
         self.checkpoint.param.watch(lambda _e: self._pair_sample(), "value")
         self.fmt.param.watch(lambda _e: self._name_downloads(), "value")
         state.param.watch(lambda e: setattr(self.open_button, "disabled", e.new), "busy")
@@ -102,8 +106,19 @@ class KANView(param.Parameterized):
         self.sample.value = paired if paired in self.sample.options.values() else ""
 
     def _on_picked(self, event: param.parameterized.Event) -> None:
-        if event.new:
-            self.mode.value = "picked edges"
+        """Picking an edge shows the picked edges; the picker's own watcher then redraws once."""
+        if event.new and not self._updating:
+            with self._quiet():
+                self.mode.value = "picked edges"
+
+    @contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Widgets updated together redraw once, after: Panel still syncs each one to the page."""
+        self._updating = True
+        try:
+            yield
+        finally:
+            self._updating = False
 
     async def _on_open(self, _event=None) -> None:
         if not self.checkpoint.value:
@@ -123,8 +138,9 @@ class KANView(param.Parameterized):
         if analysis is None:
             return
         self.analysis, self.fits = analysis, {}
-        self.layer.options = {analysis.layer_label(i): i for i in range(len(analysis.network.layers))}
-        self.layer.value = 0
+        with self._quiet():
+            self.layer.param.update(options={analysis.layer_label(i): i for i in range(len(analysis.network.layers))},
+                                    value=0)
         self._on_layer()
         self.network_pane.object = network_figure(analysis.network, analysis.inputs, analysis.importance)
         network = analysis.network
@@ -138,10 +154,12 @@ class KANView(param.Parameterized):
             return
         index = self.layer.value
         layer, importance = self.analysis.network.layers[index], self.analysis.importance[index]
-        self.picked.param.update(options=[_edge_label(i, j) for j in range(layer.out_dim) for i in range(layer.in_dim)],
-                                 value=[])
-        self.mode.value = "top edges"
-        self.top.end = max(1, layer.in_dim * layer.out_dim)
+        with self._quiet():
+            self.picked.param.update(options=[_edge_label(i, j) for i, j in top_edges(importance, MAX_LISTED)],
+                                     value=[])
+            self.mode.value = "top edges"
+            self.top.param.update(end=max(1, min(64, layer.in_dim * layer.out_dim)),
+                                  value=min(self.top.value, layer.in_dim * layer.out_dim))
         heatmap = importance_heatmap(importance, self.analysis.layer_label(index))
         tap = hv.streams.Tap(source=heatmap)
         tap.add_subscriber(self._on_tap)
@@ -155,8 +173,11 @@ class KANView(param.Parameterized):
             return
         layer = self.analysis.network.layers[self.layer.value]
         i, j = int(round(float(x))), int(round(float(y)))   # categorical axes give the labels
-        if 0 <= i < layer.in_dim and 0 <= j < layer.out_dim and _edge_label(i, j) not in self.picked.value:
-            self.picked.value = [*self.picked.value, _edge_label(i, j)]
+        label = _edge_label(i, j)
+        if 0 <= i < layer.in_dim and 0 <= j < layer.out_dim and label not in self.picked.value:
+            if label not in self.picked.options:      # beyond the listed top edges: list it too
+                self.picked.options = [*self.picked.options, label]
+            self.picked.value = [*self.picked.value, label]
 
     def edges(self) -> list[tuple[int, int]]:
         """The edges the curves show: the top ones by importance, or the picked ones."""
