@@ -5,6 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 import holoviews as hv
+from bokeh.models import HoverTool
 import numpy as np
 import pandas as pd
 import pytest
@@ -328,3 +329,25 @@ def test_each_panel_keeps_its_own_axes(backend, layer, sample):
         tick_bottom = phi.min() - 0.06 * (phi.max() - phi.min())
         assert ylim[0] < tick_bottom < phi.max() < ylim[1] < phi.max() + 0.1 * (phi.max() - tick_bottom)
 
+
+
+def test_the_page_draws_the_same_small_multiples_with_bokeh(layer, sample):
+    figure = figures.edge_curves(layer, [(1, 2), (0, 1)], sample, parts=("base",), symbolic_fits={(0, 1): Fit()})
+    grid = figures.bokeh_small_multiples(figure, columns=1)
+    plots = [plot for plot, _row, _col in grid.children]
+    assert [p.title.text for p in plots] == ["phi[0](1 -> 2)", "phi[0](0 -> 1), symbolic: sin"]
+    for plot, panel, (i, j) in zip(plots, figure.values(), [(1, 2), (0, 1)]):
+        drawn = {r.glyph.line_color: r for r in plot.renderers}
+        assert len(drawn) == len(panel.values())                       # background, total, base (, fit)
+        for curve in panel.values():
+            line = drawn[figures._LINES[curve.group][0]].data_source.data
+            np.testing.assert_array_equal(line["x"], curve.dimension_values(0))
+            np.testing.assert_array_equal(line["y"], curve.dimension_values(1))
+        total = next(c for c in panel.values() if c.label == "total")
+        x = total.dimension_values(0)
+        assert np.allclose(total.dimension_values(1), layer.closed_form(i, j, x, "total"), atol=1e-5)
+        assert (plot.x_range.start, plot.x_range.end) == (x[0], x[-1])
+        hovered = [r for tool in plot.tools if isinstance(tool, HoverTool) for r in tool.renderers]
+        assert [r.glyph.line_color for r in hovered] == [figures._LINES[total.group][0]]
+    fit = drawn[figures.COLORS["fit"]]
+    assert fit.glyph.line_dash == [6] or fit.glyph.line_dash == "dashed"

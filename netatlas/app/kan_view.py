@@ -20,7 +20,7 @@ from netatlas.backend.kan.demo import demo_kan, demo_samples
 from netatlas.backend.kan.families import families, parse_options
 from netatlas.backend.kan.symbolic import FormulaFit, suggest_formulas
 from netatlas.errors import NetatlasError
-from netatlas.viz.kan import curve_table, edge_curves, importance_heatmap, network_figure, top_edges
+from netatlas.viz.kan import bokeh_small_multiples, curve_table, edge_curves, importance_heatmap, network_figure, top_edges
 from netatlas.viz.styling import EXPORT_FORMATS, export
 
 AUTO = "detect from the keys"
@@ -66,7 +66,7 @@ class KANView(param.Parameterized):
         self.formulas = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["na-kan-formulas"])
         self.network_pane = pn.pane.HoloViews(None, css_classes=["na-kan-network"])
         self.heatmap_pane = pn.pane.HoloViews(None, css_classes=["na-kan-heatmap"])
-        self.curves_pane = pn.pane.HoloViews(None, css_classes=["na-kan-curves"])
+        self.curves_pane = pn.pane.Bokeh(None, css_classes=["na-kan-curves"])
         self.downloads = [pn.widgets.FileDownload(callback=pn.bind(self._export, figure=name), filename=f"kan_{name}",
                                                   label=f"Download {name}", button_type="light", width=170,
                                                   css_classes=[f"na-kan-download-{name}"])
@@ -196,7 +196,8 @@ class KANView(param.Parameterized):
 
     def redraw_curves(self) -> None:
         if self.analysis is not None:
-            self.curves_pane.object = self.curves_figure()
+            figure = self.curves_figure()
+            self.curves_pane.object = None if figure is None else bokeh_small_multiples(figure)
 
     async def _on_suggest(self, _event=None) -> None:
         """Fit c·f(a·x+b)+d to the first picked (or top) edge and list the best formulas."""
