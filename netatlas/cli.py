@@ -478,7 +478,6 @@ def cmd_kan(args: argparse.Namespace) -> int:
     from netatlas.backend.kan.checkpoint import read_kan
     from netatlas.backend.kan.demo import demo_kan
     from netatlas.backend.kan.families import parse_options
-    from netatlas.backend.kan.symbolic import suggest_formulas
     from netatlas.viz.kan import curve_table, edge_curves, importance_heatmap, network_figure, top_edges
     from netatlas.viz.styling import export
 
@@ -500,7 +499,7 @@ def cmd_kan(args: argparse.Namespace) -> int:
         layer, inputs = network.layers[index], analysis.inputs[index]
         fits = {}
         for i, j in edges if args.suggest else []:
-            ranked = suggest_formulas(inputs[:, i].numpy(), layer.curves(inputs)[:, i, j].numpy())
+            ranked = analysis.suggest(index, (i, j))
             fits[(i, j)] = ranked[0]
             formulas += [{"layer": index, "i": i, "j": j, "rank": rank + 1, "formula": fit.expression(),
                           "r2": fit.r2, "complexity": fit.complexity, "note": fit.note}

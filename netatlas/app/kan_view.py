@@ -18,7 +18,7 @@ from netatlas.backend.kan.analysis import KANAnalysis, analyze
 from netatlas.backend.kan.checkpoint import is_kan_checkpoint, read_kan
 from netatlas.backend.kan.demo import demo_kan, demo_samples
 from netatlas.backend.kan.families import families, parse_options
-from netatlas.backend.kan.symbolic import FormulaFit, suggest_formulas
+from netatlas.backend.kan.symbolic import FormulaFit
 from netatlas.errors import NetatlasError
 from netatlas.viz.kan import bokeh_small_multiples, curve_table, edge_curves, importance_heatmap, network_figure, top_edges
 from netatlas.viz.styling import EXPORT_FORMATS, export
@@ -204,14 +204,10 @@ class KANView(param.Parameterized):
         if self.analysis is None or not self.edges():
             self.state.error("Open a KAN and pick an edge first")
             return
-        index, (i, j) = self.layer.value, self.edges()[0]
-        layer, inputs = self.analysis.network.layers[index], self.analysis.inputs[index]
-
-        def fit(_progress):   # on the sample's own inputs to the edge, as pykan's suggest_symbolic
-            return suggest_formulas(inputs[:, i].numpy(), layer.curves(inputs)[:, i, j].numpy())
-
-        ranked = await self.state.run(f"Fitting formulas to edge {i} → {j}", fit)
-        if not ranked:
+        analysis, index, (i, j) = self.analysis, self.layer.value, self.edges()[0]
+        ranked = await self.state.run(f"Fitting formulas to edge {i} → {j}",
+                                      lambda _progress: analysis.suggest(index, (i, j)))
+        if not ranked or analysis is not self.analysis:   # failed, or another KAN was opened meanwhile
             return
         self.fits[(index, i, j)] = ranked[0]
         rows = [f"| {n + 1} | `{f.expression()}` | {f.r2:.4f} | {f.complexity} | {f.note} |"
@@ -258,6 +254,7 @@ class KANView(param.Parameterized):
         return pn.Column(self.summary, opener, pn.Row(self.options, self.open_button, sizing_mode="stretch_width"),
                          self.network_pane, controls, pn.Row(self.heatmap_pane, edges, sizing_mode="stretch_width"),
                          self.curves_pane, exports, sizing_mode="stretch_width")
+
 
 def _label(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from netatlas.backend.kan.base import KANNetwork, edge_importance
+from netatlas.backend.kan.symbolic import FormulaFit, suggest_formulas
 
 MAX_SAMPLE = 4096
 UNIFORM_SAMPLE = 1024
@@ -23,6 +24,12 @@ class KANAnalysis:
     inputs: list[Tensor]          # per layer, its input on the sample [N, in]
     importance: list[Tensor]      # per layer, [out, in]
     sample_note: str              # where the sample came from, for the page and the CLI
+
+    def suggest(self, index: int, edge: tuple[int, int]) -> list[FormulaFit]:
+        """Formulas for edge (i, j) of layer ``index``, fitted on the sample's own inputs to that edge
+        (as pykan's suggest_symbolic fits its cached activations), best first."""
+        layer, inputs, (i, j) = self.network.layers[index], self.inputs[index], edge
+        return suggest_formulas(inputs[:, i].numpy(), layer.curves(inputs)[:, i, j].numpy())
 
     def layer_label(self, index: int) -> str:
         layer = self.network.layers[index]
