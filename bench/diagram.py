@@ -46,7 +46,7 @@ from typing import Any, Callable
 import torch
 import torchvision
 
-from machine_load import OtherLoad  # bench/ is on sys.path when run as a script
+from machine_load import OtherLoad, report_load  # bench/ is on sys.path when run as a script
 from netatlas.backend.circuit import CircuitView
 from netatlas.backend.circuit_trace import architecture_circuit, trace_circuit
 from netatlas.viz.circuit import render
@@ -76,13 +76,6 @@ summary: dict[str, str] = {}
 
 def out(name: str, value: str, note: str = "") -> None:
     print(f"  {name:<46} {value:>10}  {note}", flush=True)
-
-
-def report_load(load: OtherLoad) -> None:
-    share = load.share()
-    if share is not None:
-        flag = "  (busy machine: timings are not trustworthy)" if share > 0.25 else ""
-        print(f"  other processes used {share:.0%} of the CPU meanwhile{flag}", flush=True)
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:

@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from cluster import mixture  # bench/ is on sys.path when run as a script
-from machine_load import OtherLoad
+from machine_load import OtherLoad, report_load
 from netatlas.backend.embedding import EmbedSettings, embed, pca
 from netatlas.viz.embedding import MapPoints, render
 
@@ -46,13 +46,6 @@ summary: dict[str, str] = {}
 
 def out(name: str, value: str, note: str = "") -> None:
     print(f"  {name:<44} {value:>16}  {note}", flush=True)
-
-
-def report_load(load: OtherLoad) -> None:
-    share = load.share()
-    if share is not None:
-        flag = "  (busy machine: timings are not trustworthy)" if share > 0.25 else ""
-        print(f"  other processes used {share:.0%} of the CPU meanwhile{flag}", flush=True)
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 5) -> float:

@@ -45,7 +45,7 @@ import panel as pn
 import torch
 import torch.nn.functional as F
 
-from machine_load import OtherLoad  # bench/ is on sys.path when run as a script
+from machine_load import BUSY_NOTE, BUSY_SHARE, OtherLoad  # bench/ is on sys.path when run as a script
 from netatlas.backend.kan.base import EdgeLayer, Part, edge_importance
 from netatlas.viz.kan import bokeh_small_multiples, curve_ranges, edge_curves, importance_heatmap, top_edges
 
@@ -188,7 +188,7 @@ def out(name: str, value: float | str, note: str = "") -> None:
 def report_load(name: str, load: OtherLoad) -> None:
     share = load.share()
     if share is not None:
-        flag = "busy machine: timings are not trustworthy" if share > 0.25 else ""
+        flag = BUSY_NOTE if share > BUSY_SHARE else ""
         out(f"{name}.other_load", f"{share:.0%}", flag)
 
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 import time
 
+BUSY_SHARE = 0.25
+BUSY_NOTE = "busy machine: timings are not trustworthy"
+
 
 class OtherLoad:
     """Share of all cores that other processes used since creation (Linux; None elsewhere).
@@ -38,3 +41,11 @@ class OtherLoad:
             return None
         busy, mine, wall = (e - s for e, s in zip(end, self.start))
         return max(0.0, busy - mine) / (wall * (os.cpu_count() or 1))
+
+
+def report_load(load: OtherLoad) -> None:
+    """One indented line: how much of the CPU other processes took during the part just timed."""
+    share = load.share()
+    if share is not None:
+        flag = f"  ({BUSY_NOTE})" if share > BUSY_SHARE else ""
+        print(f"  other processes used {share:.0%} of the CPU meanwhile{flag}", flush=True)

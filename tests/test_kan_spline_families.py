@@ -143,6 +143,8 @@ def test_pykan_identity_base_and_disabled_symbolic_branch(tmp_path):
     x = torch.randn(32, 2, dtype=torch.float64)
     options = {"base_fun": "identity", "symbolic_enabled": False, **symbolic_names(model)}
     torch.testing.assert_close(pykan.FAMILY.read(model.state_dict(), options).forward(x), model(x), **TOL)
+    as_typed = {**options, "symbolic_enabled": "false"}        # as the page and the CLI pass it: text
+    torch.testing.assert_close(pykan.FAMILY.read(model.state_dict(), as_typed).forward(x), model(x), **TOL)
 
 
 def test_pykan_inside_a_larger_module(tmp_path):

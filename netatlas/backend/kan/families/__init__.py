@@ -75,6 +75,16 @@ def unread_keys(state: Mapping[str, Tensor], network: KANNetwork, network_keys: 
     return [key for key in state if not key.startswith(prefixes) and not (extra and extra.search(key))]
 
 
+def flag_option(options: dict[str, Any], name: str, default: bool) -> bool:
+    """A yes/no option: a bool (from a config file) or text (the page and the CLI: true/false, yes/no, 1/0)."""
+    value = options.get(name, default)
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise NetatlasError(f"option {name} must be true or false, not {value!r}")
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
 def parse_options(items: list[str]) -> dict[str, Any]:
     """``["k=3", "base_fun=silu"]`` -> {"k": 3, "base_fun": "silu"}: numbers where they parse."""
     options: dict[str, Any] = {}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from netatlas.backend.kan.base import EdgeLayer, KANNetwork, Part
-from netatlas.backend.kan.families import Family
+from netatlas.backend.kan.families import Family, flag_option
 from netatlas.backend.kan.families.keys import layer_groups
 from netatlas.backend.kan.families.relukan import bumps
 from netatlas.errors import NetatlasError
@@ -147,21 +147,13 @@ def _choice(options: dict[str, Any], name: str, default: str, allowed: Collectio
     return value
 
 
-def _flag(value: Any) -> bool:
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise NetatlasError(f"AF-KAN option func_norm must be true or false, not {value!r}")
-        return value.lower() in ("true", "1", "yes")
-    return bool(value)
-
-
 def _layer(group: Mapping[str, Tensor], options: dict[str, Any]) -> AFKANLayer:
     method = _choice(options, "method", "global_attn", METHODS)
     if method == "spatial_attn" and "conv1d.weight" not in group:
         raise NetatlasError("AF-KAN method spatial_attn needs the layer's conv1d weights, which this "
                             "checkpoint lacks: choose method global_attn or multistep")
     return AFKANLayer(group, method, _choice(options, "base_activation", "relu", ACTIVATIONS),
-                      _choice(options, "func", "quad1", FUNCS), _flag(options.get("func_norm", True)))
+                      _choice(options, "func", "quad1", FUNCS), flag_option(options, "func_norm", True))
 
 
 def matches(state: Mapping[str, Tensor]) -> bool:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from netatlas.backend.kan.base import KANNetwork, Part
-from netatlas.backend.kan.families import Family
+from netatlas.backend.kan.families import Family, flag_option
 from netatlas.backend.kan.families.bspline import (SplineLayer, base_function, extend_grid, layer_option,
                                                    spline_order, stacked_network)
 from netatlas.backend.kan.library import FUNCTIONS
@@ -51,7 +51,7 @@ class _Settings:
             raise NetatlasError(f"symbolic_functions lists {len(names)} layers but the state has {depth}; "
                                 "the config does not belong to this checkpoint")
         return cls(base_function(options.get("base_fun", "silu")), options.get("k"), names,
-                   bool(options.get("symbolic_enabled", True)), depth)
+                   flag_option(options, "symbolic_enabled", True), depth)
 
 
 class PykanLayer(SplineLayer):
