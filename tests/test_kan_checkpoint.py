@@ -128,7 +128,9 @@ def test_bad_samples(efficient, tmp_path):
     np.savez(tmp_path / "many.npz", a=np.zeros((5, 3)), b=np.zeros((5, 3)))
     (tmp_path / "words.csv").write_text("a,b,c\nx,y,z\n")
     (tmp_path / "sample.json").write_text("[]")
-    cases = {"wide.npy": r"shape \(5, 4\).*\[N, 3\]", "nan.npy": "NaN", "many.npz": "name the inputs 'x'",
+    (tmp_path / "junk.npy").write_bytes(b"not numpy")
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object))
+    cases = {"junk.npy": "not a NumPy file of numbers", "objects.npy": "does not unpickle","wide.npy": r"shape \(5, 4\).*\[N, 3\]", "nan.npy": "NaN", "many.npz": "name the inputs 'x'",
              "words.csv": "cannot read the sample", "sample.json": "must be .pt, .npy, .npz or .csv",
              "absent.npy": "sample file not found"}
     for name, message in cases.items():

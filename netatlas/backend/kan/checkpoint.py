@@ -205,6 +205,11 @@ def read_sample(path: str | Path) -> Tensor:
         return _as_float_tensor(data, path.name)
     except NetatlasError:
         raise
+    except ValueError as exc:  # numpy's refusal of object arrays suggests unpickling: never do that here
+        if suffix in (".npy", ".npz"):
+            raise NetatlasError(f"cannot read the sample {path.name}: it is not a NumPy file of numbers (corrupt, or "
+                                "it holds Python objects, which netatlas does not unpickle)") from exc
+        raise NetatlasError(f"cannot read the sample {path.name} ({exc})") from exc
     except Exception as exc:  # corrupt or foreign bytes fail in many ways
         raise NetatlasError(f"cannot read the sample {path.name} ({type(exc).__name__}: {exc})") from exc
 
