@@ -42,7 +42,7 @@ from scipy.cluster.hierarchy import cophenet, fcluster, linkage
 from scipy.spatial.distance import pdist
 
 from machine_load import OtherLoad  # bench/ is on sys.path when run as a script
-from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
+from netatlas.backend.cluster.tree import ClusterTree, TreeSettings, build_cluster_tree
 
 DIMS, LATENT, CLASSES, MODES = 512, 32, 10, 5
 CLASS_SPREAD, MODE_SPREAD, NOISE = 0.6, 0.5, 0.5

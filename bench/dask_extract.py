@@ -30,10 +30,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-try:
-    import netatlas  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # machine_load, also when imported
 
 from netatlas.backend.activations import Activations, activation_table, extract_activations  # noqa: E402

@@ -47,8 +47,8 @@ import torch
 import torchvision
 
 from machine_load import OtherLoad, report_load  # bench/ is on sys.path when run as a script
-from netatlas.backend.circuit import CircuitView
-from netatlas.backend.circuit_trace import architecture_circuit, trace_circuit
+from netatlas.backend.circuit.graph import CircuitView
+from netatlas.backend.circuit.trace import architecture_circuit, trace_circuit
 from netatlas.viz.circuit import render
 
 SHAPE = (1, 3, 224, 224)
@@ -62,7 +62,7 @@ STAGE_NOTES = {"trace": "fx trace + meta shape pass", "fold": "Circuit.view()", 
                "tex": "TikZ", "graph": "draw_graph"}
 
 IMPORTS = {"torch": "torch", "torchvision": "torchvision", "netatlas's diagram modules":
-           "netatlas.backend.circuit_trace, netatlas.viz.circuit", "torchview": "torchview"}
+           "netatlas.backend.circuit.trace, netatlas.viz.circuit", "torchview": "torchview"}
 TORCHVIEW_SCRIPT = """
 import torch, torchvision, torchview
 with torch.device("meta"):

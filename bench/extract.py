@@ -43,21 +43,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-try:
-    import netatlas  # noqa: F401
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from netatlas.backend.activations import (Activations, extract_activations, first_tensor,  # noqa: E402
+from netatlas.backend.activations import (Activations, extract_activations, first_tensor,
                                           reduce_output, resolve_device)
-from netatlas.backend.cache import ResultCache  # noqa: E402
-from netatlas.backend.checkpoint import LoadedModel, load_checkpoint  # noqa: E402
-from netatlas.backend.datasets import ImageDataset, demo_dataset, npz_dataset  # noqa: E402
-from netatlas.backend.demo import demo_checkpoint  # noqa: E402
-from netatlas.backend.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing  # noqa: E402
-from netatlas.backend.workspace import Workspace  # noqa: E402
-from netatlas.errors import NetatlasError  # noqa: E402
-from machine_load import OtherLoad  # noqa: E402  (bench/ is on sys.path when run as a script)
+from netatlas.backend.cache import ResultCache
+from netatlas.backend.checkpoint import LoadedModel, load_checkpoint
+from netatlas.backend.datasets import ImageDataset, demo_dataset, npz_dataset
+from netatlas.backend.demo import demo_checkpoint
+from netatlas.backend.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from netatlas.backend.workspace import Workspace
+from netatlas.backend.errors import NetatlasError
+from machine_load import OtherLoad  # bench/ is on sys.path when run as a script
 
 THROUGHPUT_TARGET = 0.9
 CACHE_READ_TARGET = 0.05

@@ -20,8 +20,8 @@ from netatlas.backend.activations import resolve_device
 from netatlas.backend.checkpoint import load_checkpoint
 from netatlas.backend.datasets import demo_dataset
 from netatlas.backend.demo import demo_checkpoint
-from netatlas.backend.residual_blocks import find_residual_units
-from netatlas.backend.residual_paths import PathSettings, analyze_paths
+from netatlas.backend.residual.blocks import find_residual_units
+from netatlas.backend.residual.paths import PathSettings, analyze_paths
 
 
 def demo_case(images: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

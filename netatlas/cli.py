@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
-from netatlas.errors import NetatlasError
+from netatlas.app.arguments import add_serve_args
+from netatlas.backend.arguments import (add_cache_args, add_dask_args, add_model_args, load_from_args,
+                                        preprocessing_from_args)
+from netatlas.backend.errors import NetatlasError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_args(featviz)
     featviz.set_defaults(run=cmd_featviz)
 
-    from netatlas.backend.cluster_tree import TreeSettings  # numpy and scipy only: --help stays quick
+    from netatlas.backend.cluster.tree import TreeSettings  # numpy and scipy only: --help stays quick
 
     cluster = sub.add_parser("cluster", help="the dataset's cluster tree (DendroMap), cached in Parquet")
     add_model_args(cluster)
@@ -160,86 +162,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_model_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
-    if positional:
-        parser.add_argument("checkpoint", help="checkpoint file, or 'demo'"
-                            + (" ('none': the --arch alone, no weights)" if parser.prog.endswith("diagram") else ""))
-    parser.add_argument("--arch", help="torchvision model name (resnet18) or 'package.module:factory'")
-    parser.add_argument("--arch-kwargs", type=json_object, default=None, metavar="JSON",
-                        help="keyword arguments for the architecture, e.g. '{\"num_classes\": 10}'")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow fully pickled checkpoints; unpickling can run arbitrary code")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    pre = parser.add_argument_group("preprocessing (defaults: the sidecar, else ImageNet 224 RGB)")
-    pre.add_argument("--size", type=int, nargs="+", metavar="PX", help="input size: S or H W")
-    pre.add_argument("--mean", type=float, nargs="+")
-    pre.add_argument("--std", type=float, nargs="+")
-    pre.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
-
-
-def add_cache_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="where computed results live (default: $NETATLAS_CACHE_DIR or ~/.cache/netatlas)")
-
-
-def add_dask_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dask", metavar="ADDRESS", default=None,
-                        help="extract sharded over the Dask scheduler at ADDRESS (tcp://host:8786; every "
-                             "worker needs the checkpoint and data at the same paths), or 'local' for a "
-                             "2-worker LocalCluster; default: this process only")
-
-
-def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default="demo", help="checkpoint to open (default: the demo)")
-    parser.add_argument("--data", default="demo", help="dataset to open (default: the demo digits)")
-    parser.add_argument("--root", action="append", default=[], type=Path, metavar="DIR",
-                        help="a folder the page may read checkpoints and images from (repeatable)")
-    parser.add_argument("--port", type=int, default=5006)
-    parser.add_argument("--address", default="127.0.0.1",
-                        help="interface to bind (default 127.0.0.1; serving wider exposes your files)")
-    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
-                        help="another host name the page may be reached by (repeatable)")
-    add_dask_args(parser)
-    parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=None,
-                        help="open a browser (default: when a display is available)")
-    add_model_args(parser, positional=False)
-    add_cache_args(parser)
-
-
-def json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"num_classes\": 10}'")
-    return value
-
-
-def checkpoint_path(given: str) -> Path:
-    from netatlas.backend.demo import demo_checkpoint
-
-    return demo_checkpoint() if given == "demo" else Path(given)
-
-
-def preprocessing_from_args(args: argparse.Namespace, path: Path):
-    """A Preprocessing when any of --size/--mean/--std/--grayscale is given (over the sidecar's)."""
-    from netatlas.backend.checkpoint import read_sidecar
-    from netatlas.backend.preprocessing import Preprocessing
-
-    base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
-    return Preprocessing.overriding(base, size=args.size, mean=args.mean, std=args.std, grayscale=args.grayscale)
-
-
-def load_from_args(args: argparse.Namespace):
-    """The LoadedModel the model arguments describe (``demo`` resolves to the shipped checkpoint)."""
-    from netatlas.backend.checkpoint import load_checkpoint
-
-    path = checkpoint_path(args.checkpoint)
-    return load_checkpoint(path, args.arch, args.arch_kwargs, trust_pickle=args.trust_pickle,
-                           preprocessing=preprocessing_from_args(args, path), device="cpu")
-
-
 @contextlib.contextmanager
 def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar on stderr, driven by the backend's (done, total) progress callbacks."""
@@ -312,7 +234,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def cmd_paths(args: argparse.Namespace) -> int:
     from netatlas.backend.datasets import load_dataset
-    from netatlas.backend.residual_paths import PathSettings
+    from netatlas.backend.residual.paths import PathSettings
     from netatlas.viz.residual import residual_figures
     from netatlas.viz.styling import export
 
@@ -375,7 +297,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from netatlas.backend.cluster_tree import TreeSettings
+    from netatlas.backend.cluster.tree import TreeSettings
     from netatlas.backend.datasets import load_dataset
 
     if args.exact_threshold < 1 or args.micro_size < 2 or not 1 <= args.k <= 1000:
@@ -443,7 +365,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
-    from netatlas.backend.circuit_trace import architecture_circuit, example_input, trace_circuit
+    from netatlas.backend.circuit.trace import architecture_circuit, example_input, trace_circuit
     from netatlas.viz.circuit import FORMATS, DiagramStyle, export, parse_names
 
     bad = [p for p in args.output if p.suffix.lstrip(".").lower() not in FORMATS]

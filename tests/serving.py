@@ -27,14 +27,15 @@ class Server:
         return self.process.poll() is None
 
 
-def start_server(tmp: Path, *extra: str) -> Server:
+def start_server(tmp: Path, *extra: str, panel_serve: bool = False) -> Server:
+    """launch.py with ``extra`` arguments; or, with ``panel_serve``, ``panel serve app --args extra``."""
     port = free_port()
     log = tmp / f"server-{port}.log"
     env = {**os.environ, "NETATLAS_CACHE_DIR": str(tmp / "cache"), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "launch.py"), "--port", str(port), "--no-show", *extra],
-        cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}/"
+    command = ([sys.executable, "-m", "panel", "serve", "app", "--port", str(port), "--args", *extra] if panel_serve
+               else [sys.executable, str(REPO / "launch.py"), "--port", str(port), "--no-show", *extra])
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}/" + ("app" if panel_serve else "")
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -11,7 +11,7 @@ from tests.backend_support import SMALL_SIZE, preprocess_by_hand
 from netatlas.backend.activations import extract_activations
 from netatlas.backend.datasets import npz_dataset
 from netatlas.backend.preprocessing import Preprocessing
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 PRE = Preprocessing(size=(SMALL_SIZE, SMALL_SIZE), grayscale=False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))
 

@@ -18,7 +18,7 @@ from torch import nn
 from tests.backend_support import DEMO_ARCH, SMALL_KWARGS, SMALL_PRE, SMALL_SIZE, preprocess_by_hand, randomize_batchnorm
 from netatlas.backend.checkpoint import load_checkpoint
 from netatlas.backend.preprocessing import Preprocessing
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 
 def small_input(seed: int = 1, n: int = 3) -> torch.Tensor:

@@ -11,11 +11,11 @@ import torch
 import torchvision
 from torch import nn
 
-from netatlas.backend.circuit import axis_symbols
-from netatlas.backend.circuit_trace import ATOMIC, architecture_circuit, trace_circuit
+from netatlas.backend.circuit.symbols import axis_symbols
+from netatlas.backend.circuit.trace import ATOMIC, architecture_circuit, trace_circuit
 from netatlas.backend.demo_model import DemoResNet
 from netatlas.cli import main
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from netatlas.viz.circuit import DiagramStyle, parse_names, render, symbol_table, to_dot
 from tests.circuit_models import DictModel, TinyKAN, TinyTransformer, Untraceable, mlp
 

@@ -18,18 +18,18 @@ from scipy.cluster.hierarchy import fcluster, is_valid_linkage, linkage, to_tree
 from scipy.spatial.distance import pdist
 from sklearn.metrics import confusion_matrix
 
-import netatlas.backend.cluster_tree as cluster_tree_module
+import netatlas.backend.cluster.tree as cluster_tree_module
 import netatlas.backend.workspace as workspace_module
 from netatlas.backend.cache import ResultCache
 from netatlas.backend.class_stats import class_stats
-from netatlas.backend.cluster_tree import ClusterTree, TreeSettings, build_cluster_tree
-from netatlas.backend.kmeans import micro_clusters
+from netatlas.backend.cluster.tree import ClusterTree, TreeSettings, build_cluster_tree
+from netatlas.backend.cluster.kmeans import micro_clusters
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.neurons import top_units, unit_baseline
-from netatlas.backend.ward import condensed_distances, ward_distances, ward_linkage, weighted_ward
+from netatlas.backend.cluster.ward import condensed_distances, ward_distances, ward_linkage, weighted_ward
 from netatlas.backend.workspace import Workspace
 from netatlas.cli import main
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from tests.backend_support import DEMO_ARCH, SMALL_KWARGS, SMALL_SIZE, preprocess_by_hand
 
 ARRAYS = ("left", "right", "parent", "height", "count", "start", "medoid", "labeled", "correct",

@@ -13,7 +13,7 @@ from tests.backend_support import preprocess_by_hand
 from netatlas.backend.datasets import demo_dataset, folder_dataset, load_dataset, npz_dataset
 from netatlas.backend.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from netatlas.backend.roots import AllowedRoots
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 
 def random_rgb(seed: int, h: int = 10, w: int = 10) -> np.ndarray:

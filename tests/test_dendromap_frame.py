@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from netatlas.backend.cluster_tree import build_cluster_tree
+from netatlas.backend.cluster.tree import build_cluster_tree
 from netatlas.viz.dendromap import MapData, dendromap_frame, node_means, representatives
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from netatlas.backend.embedding import EmbedSettings, approximate_knn, embed, membership, pca
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from netatlas.viz.embedding import MapPoints, aggregate, legend_html, map_png, render
 
 RNG = np.random.default_rng(7)

@@ -15,7 +15,7 @@ from netatlas.backend.demo_model import DemoResNet
 from netatlas.backend.facets import FacetSettings, find_facets, penultimate_layer
 from netatlas.backend.featviz import FeatvizSettings
 from netatlas.backend.workspace import Workspace
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 
 def planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from netatlas.backend.demo import demo_checkpoint
 from netatlas.backend.featviz import (FeatvizSettings, Objective, color_correlation, diversity, maximize,
                                       noise_start, to_uint8, unit_activation)
 from netatlas.backend.preprocessing import Preprocessing
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 OPTIMIZERS = ("paper", "lucid")
 RGB_PRE = Preprocessing(size=(32, 32), grayscale=False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))

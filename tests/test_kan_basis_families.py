@@ -17,7 +17,7 @@ from torch import nn
 
 from netatlas.backend.kan.analysis import analyze
 from netatlas.backend.kan.families import afkan, chebykan, fastkan, fourierkan, relukan, trukan
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from tests import kan_reference_basis as ref
 
 FAMILIES = (fastkan, chebykan, fourierkan, relukan, trukan, afkan)

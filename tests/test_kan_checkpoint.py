@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from netatlas.backend.kan.checkpoint import is_kan_checkpoint, read_kan
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from tests.kan_reference_spline import EfficientKAN
 
 TOL = dict(atol=1e-5, rtol=1e-5)   # float32 files, as users save them

@@ -13,7 +13,7 @@ from kan.spline import B_batch
 
 from netatlas.backend.kan.families import efficient_kan, pykan
 from netatlas.backend.kan.families.bspline import bspline_basis
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from tests.kan_reference_spline import EfficientKAN, OldPykanKAN, increasing_knots
 
 TOL = dict(atol=1e-9, rtol=1e-9)   # float64 throughout: only summation order differs

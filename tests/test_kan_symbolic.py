@@ -16,7 +16,7 @@ from kan.utils import fit_params
 
 from netatlas.backend.kan.library import FUNCTIONS
 from netatlas.backend.kan.symbolic import FormulaFit, fit_formula, suggest_formulas
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 NUMPY = {"x": lambda u: u, "x^2": np.square, "sin": np.sin, "tanh": np.tanh, "exp": np.exp, "log": np.log,
          "1/x": lambda u: 1 / u, "gaussian": lambda u: np.exp(-u ** 2), "abs": np.abs}

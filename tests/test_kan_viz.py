@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from netatlas.backend.kan.base import EdgeLayer, KANNetwork, Part, edge_importance
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from netatlas.viz import kan as figures
 from netatlas.viz.styling import export
 

@@ -7,7 +7,7 @@ import pytest
 from netatlas.app.loader_view import parse_kwargs, parse_preprocessing
 from netatlas.backend.demo_model import DemoResNet
 from netatlas.backend.model_info import describe_model
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 BLANK = {"size": "", "grayscale": None, "mean": "", "std": ""}
 

@@ -19,15 +19,15 @@ import torch
 import torchvision
 from torch import nn
 
-import netatlas.backend.residual_paths as rp
+import netatlas.backend.residual.paths as rp
 import netatlas.backend.workspace as workspace_module
 from netatlas.backend.cache import ResultCache
 from netatlas.backend.demo_model import DemoResNet
-from netatlas.backend.residual_blocks import find_residual_units, gated, parse_units
-from netatlas.backend.residual_paths import (PathSettings, analyze_paths, elementary_symmetric, kendall_tau,
+from netatlas.backend.residual.blocks import find_residual_units, gated, parse_units
+from netatlas.backend.residual.paths import (PathSettings, analyze_paths, elementary_symmetric, kendall_tau,
                                              mask_bits, moebius_terms)
 from netatlas.backend.workspace import Workspace
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 from tests.backend_support import SMALL_PRE, preprocess_by_hand, randomize_batchnorm
 
 TINY = PathSettings(images=64, gradient_images=16, decomposition_images=4, samples=2, lesion_draws=2,

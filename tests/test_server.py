@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import urllib.request
 
 import pytest
 
@@ -46,3 +47,17 @@ def test_thumbnails_only_for_registered_datasets_and_own_host(server):
     assert get(server, "/thumb/0123456789abcdef/0.png", f"evil.example:{port}") == 403
     assert get(server, "/thumb/../../etc/passwd", f"localhost:{port}") == 404
     assert server.alive()
+
+
+def test_panel_serve_app_builds_the_page(tmp_path):
+    """`panel serve app` runs app/main.py, which parses --args and builds the same page as launch.py."""
+    server = start_server(tmp_path, "--cache-dir", str(tmp_path / "cache"), panel_serve=True)
+    try:
+        with urllib.request.urlopen(server.url, timeout=60) as response:   # builds one session's page
+            page = response.read().decode()
+        assert "<title>netatlas</title>" in page
+        assert server.alive()
+    finally:
+        stop(server)
+    log = server.log.read_text()
+    assert "Traceback" not in log and "Error running application handler" not in log, log

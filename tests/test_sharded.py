@@ -19,7 +19,7 @@ from netatlas.backend.demo import demo_checkpoint, demo_digits
 from netatlas.backend.sharded import (MANIFEST, ModelSpec, connect, extract_sharded, parts_to_activations,
                                       read_manifest, read_parts, shard_ranges)
 from netatlas.cli import main
-from netatlas.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError
 
 N_IMAGES = 1030  # not a multiple of the batch size: the last shard ends on a short batch
 BATCH = 100

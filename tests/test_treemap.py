@@ -14,7 +14,7 @@ from scipy.cluster.hierarchy import fcluster, leaves_list, linkage, to_tree
 
 from netatlas.viz.treemap import (
     ClusterTile, Rect, color_scale, legend_html, treemap_html, treemap_layout)
-from netatlas.backend.cluster_tree import breadth_first_frontier
+from netatlas.backend.cluster.tree import breadth_first_frontier
 
 
 class ScipyTree:

@@ -1,0 +1,168 @@
+"""The sidebar: choose a checkpoint, its architecture and a dataset from the allowed roots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import panel as pn
+import param
+
+from netatlas.app.state import AppState
+from netatlas.backend.architectures import is_import_path, torchvision_names
+from netatlas.backend.cache import ResultCache
+from netatlas.backend.checkpoint import load_checkpoint, read_sidecar
+from netatlas.backend.datasets import load_dataset
+from netatlas.backend.demo import demo_checkpoint
+from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.workspace import Workspace
+from netatlas.backend.errors import NetatlasError
+
+DEMO_LABEL = "demo: residual CNN on MNIST"
+CHANNELS = {"as the sidecar says": None, "grayscale": True, "RGB": False}
+TRUST_HELP = ("Pickled checkpoints can run any code while loading. Tick only for files you made "
+              "or fully trust; otherwise only tensors are read.")
+
+
+class LoaderView(param.Parameterized):
+    """Widgets that describe what to open, and the Load button that opens it."""
+
+    def __init__(self, state: AppState, **params) -> None:
+        super().__init__(**params)
+        self.state = state
+        config = state.config
+        self.checkpoint = pn.widgets.Select(name="Checkpoint", sizing_mode="stretch_width")
+        self.arch = pn.widgets.AutocompleteInput(
+            name="Architecture", options=torchvision_names(),
+            restrict=True, case_sensitive=False, min_characters=1, search_strategy="includes",
+            placeholder="from the sidecar, or e.g. resnet18", sizing_mode="stretch_width")
+        self.arch_kwargs = pn.widgets.TextInput(name="Architecture kwargs (JSON)", placeholder='{"num_classes": 10}',
+                                                sizing_mode="stretch_width")
+        self.trust = pn.widgets.Checkbox(name="Trust pickled code (runs code from the file)",
+                                         value=config.trust_pickle, disabled=not config.allow_trust_pickle)
+        self.pre_size = pn.widgets.TextInput(name="Input size (px)", placeholder="e.g. 224 or 28 28")
+        self.pre_gray = pn.widgets.Select(name="Channels", options=list(CHANNELS), value="as the sidecar says")
+        self.pre_mean = pn.widgets.TextInput(name="Mean", placeholder="e.g. 0.485 0.456 0.406")
+        self.pre_std = pn.widgets.TextInput(name="Std", placeholder="e.g. 0.229 0.224 0.225")
+        self.dataset = pn.widgets.Select(name="Dataset", sizing_mode="stretch_width")
+        self.load_button = pn.widgets.Button(name="Load", button_type="primary", sizing_mode="stretch_width")
+        self.rescan = pn.widgets.Button(name="Rescan folders", button_type="light", sizing_mode="stretch_width")
+        self.load_button.on_click(self._on_load)
+        self.rescan.on_click(lambda _: self.scan())
+        self.checkpoint.param.watch(self._fill_from_sidecar, "value")
+        state.param.watch(lambda e: setattr(self.load_button, "disabled", e.new), "busy")
+        self.scan()
+        self._select_initial()
+
+    def scan(self) -> None:
+        """List the checkpoints and datasets under the allowed roots (the only readable paths)."""
+        roots = self.state.config.roots
+        self.import_archs = self.state.config.import_architectures()
+        self.arch.options = self.import_archs + torchvision_names()
+        ckpts = {DEMO_LABEL: "demo"}
+        ckpts.update({self._label(p): str(p) for p in roots.checkpoints() if p != demo_checkpoint()})
+        data = {"demo: 5,000 MNIST digits": "demo"}
+        data.update({self._label(p): str(p) for p in roots.datasets()})
+        self.checkpoint.options, self.dataset.options = ckpts, data
+
+    def _label(self, path: Path) -> str:
+        for root in self.state.config.roots.roots:
+            if path.is_relative_to(root):
+                return f"{root.name}/{path.relative_to(root)}"
+        return str(path)
+
+    def _select_initial(self) -> None:
+        config = self.state.config
+        for widget, given in ((self.checkpoint, config.checkpoint), (self.dataset, config.data)):
+            value = given if given == "demo" else str(Path(given).resolve())
+            if value in widget.options.values():
+                widget.value = value
+        if config.arch:
+            self.arch.value = config.arch
+        if config.arch_kwargs:
+            self.arch_kwargs.value = json.dumps(config.arch_kwargs)
+
+    def _fill_from_sidecar(self, event: param.parameterized.Event) -> None:
+        path = demo_checkpoint() if event.new == "demo" else Path(event.new)
+        try:
+            sidecar = read_sidecar(path)
+        except NetatlasError:
+            sidecar = {}
+        if sidecar.get("architecture") in self.arch.options:
+            self.arch.value = sidecar["architecture"]
+            self.arch_kwargs.value = json.dumps(sidecar.get("arch_kwargs", {}))
+
+    async def _on_load(self, _event=None) -> None:
+        await self.load()
+
+    async def load(self) -> None:
+        """Open the chosen checkpoint and dataset as the session's workspace."""
+        state, config = self.state, self.state.config
+        ckpt_value, data_value = self.checkpoint.value, self.dataset.value
+        arch, kwargs_text, trust = self.arch.value or None, self.arch_kwargs.value.strip(), self.trust.value
+        allowed = self.import_archs
+        overrides = {"size": self.pre_size.value, "grayscale": CHANNELS[self.pre_gray.value],
+                     "mean": self.pre_mean.value, "std": self.pre_std.value}
+
+        def work(progress):
+            if arch and is_import_path(arch) and arch not in allowed:
+                raise NetatlasError(f"architecture {arch} was not offered by this server; start it "
+                                    "with --arch for import paths of your own")
+            ckpt = demo_checkpoint() if ckpt_value == "demo" else config.roots.check(ckpt_value)
+            data = "demo" if data_value == "demo" else config.roots.check(data_value)
+            kwargs = parse_kwargs(kwargs_text) if kwargs_text else None
+            launched = ckpt_value == config.checkpoint or (
+                config.checkpoint != "demo" and Path(ckpt_value) == Path(config.checkpoint).resolve())
+            preprocessing = parse_preprocessing(overrides, read_sidecar(ckpt).get("preprocessing", {}))
+            if preprocessing is None and launched:
+                preprocessing = config.preprocessing
+            loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
+                                     preprocessing=preprocessing)
+            dataset = load_dataset(data)
+            workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device,
+                                  dask=config.dask_client, source=str(data))
+            workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
+            return workspace
+
+        workspace = await state.run(f"Loading {Path(str(ckpt_value)).name}", work)
+        if workspace is not None:
+            state.workspace = workspace
+            skipped = workspace.dataset.skipped
+            if skipped and pn.state.notifications is not None:
+                pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images "
+                                               f"(first: {skipped[0]})", duration=8000)
+
+    def __panel__(self) -> pn.viewable.Viewable:
+        return pn.Column(
+            self.checkpoint, self.arch, self.arch_kwargs, self.trust,
+            pn.pane.Markdown(TRUST_HELP, styles={"font-size": "11px", "color": "#666"}, margin=(0, 10)),
+            pn.Card(pn.pane.Markdown("Blank fields keep the sidecar's values (else torchvision's "
+                                     "ImageNet 224 RGB).", styles={"font-size": "11px"}),
+                    self.pre_size, self.pre_gray, self.pre_mean, self.pre_std, title="Preprocessing",
+                    collapsed=True, sizing_mode="stretch_width"),
+            self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
+            self.state.status,
+            sizing_mode="stretch_width")
+
+
+def parse_kwargs(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise NetatlasError(f"architecture kwargs are not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise NetatlasError('architecture kwargs must be a JSON object, e.g. {"num_classes": 10}')
+    return value
+
+
+def parse_preprocessing(fields: dict, sidecar: dict) -> Preprocessing | None:
+    """The page's preprocessing fields over the sidecar's block; None when every field is blank."""
+    values = {}
+    for key, given in fields.items():
+        if isinstance(given, str):
+            try:
+                given = [float(t) for t in given.replace(",", " ").split()] or None
+            except ValueError as exc:
+                raise NetatlasError(f"preprocessing {key} must be numbers separated by spaces, got {given!r}") from exc
+        values[key] = given
+    return Preprocessing.overriding(sidecar, **values)

@@ -1,0 +1,79 @@
+"""Per-session state and the one way long work runs: in a thread, with a progress bar and errors
+shown as notifications, so the page never freezes and a failure never takes the server down."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import panel as pn
+import param
+
+from netatlas.app.config import AppConfig
+from netatlas.backend.workspace import Workspace
+from netatlas.backend.errors import NetatlasError
+
+log = logging.getLogger(__name__)
+# Shared by all sessions: torch already parallelizes inside one job; more jobs would just contend.
+EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netatlas")
+
+
+class Cancelled(NetatlasError):
+    """Raised from a progress callback when the user pressed Cancel; shown like any user error."""
+
+
+class AppState(param.Parameterized):
+    """What one browser session has open, and the status line and progress bar of its work."""
+
+    workspace = param.ClassSelector(class_=Workspace, allow_None=True)
+    busy = param.Boolean(default=False)
+
+    def __init__(self, config: AppConfig, **params: Any) -> None:
+        super().__init__(**params)
+        self.config = config
+        self.progress = pn.indicators.Progress(name="progress", value=0, max=100, active=False,
+                                               sizing_mode="stretch_width", visible=False)
+        self.status = pn.pane.Markdown("", css_classes=["na-status"], sizing_mode="stretch_width")
+        self.cancelled = threading.Event()
+        self.cancel_button = pn.widgets.Button(name="Cancel", button_type="warning", visible=False,
+                                               sizing_mode="stretch_width", css_classes=["na-cancel"])
+        self.cancel_button.on_click(lambda _: self.cancelled.set())
+
+    async def run(self, label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
+        """Run ``work(progress)`` off the event loop; return its result, or None after an error."""
+        self.busy = True
+        self.cancelled.clear()
+        self.status.object = f"{label}..."
+        self.progress.param.update(value=0, visible=True, active=True)
+        self.cancel_button.visible = True
+
+        def progress(done: int, total: int) -> None:
+            if self.cancelled.is_set():
+                raise Cancelled(f"{label}: cancelled")
+            self.progress.param.update(value=int(100 * done / max(total, 1)), active=False)
+
+        try:
+            result = await asyncio.wrap_future(EXECUTOR.submit(work, progress))
+        except NetatlasError as exc:
+            self.error(str(exc))
+            return None
+        except Exception as exc:  # a bug, not a user error: keep serving, log the traceback
+            log.error("%s failed:\n%s", label, traceback.format_exc())
+            self.error(f"{label} failed unexpectedly ({type(exc).__name__}: {exc}); "
+                       "the server log has the traceback")
+            return None
+        finally:
+            self.busy = False
+            self.progress.param.update(visible=False, active=False)
+            self.cancel_button.visible = False
+        self.status.object = ""
+        return result
+
+    def error(self, message: str) -> None:
+        self.status.object = f"**Error:** {message}"
+        if pn.state.notifications is not None:
+            pn.state.notifications.error(message, duration=10000)

@@ -1,0 +1,199 @@
+"""One batched forward pass with hooks: per-unit activations of chosen layers, logits, predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from netatlas.backend.cache import vectors_to_arrow
+from netatlas.backend.datasets import ImageDataset
+from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.errors import NetatlasError
+
+Reduction = Literal["mean", "max"]
+Progress = Callable[[int, int], None]  # (images done, total)
+
+# Modules whose 3-D outputs are [N, C, L] (channels first); other 3-D outputs are read as
+# [N, tokens, features] (transformers) and reduced over tokens.
+_CHANNELS_FIRST_1D = (nn.Conv1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d, nn.AvgPool1d,
+                      nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+
+
+@dataclass
+class Activations:
+    """Per-image results of one pass: ``layers[name]`` is [N, units] float32 (conv maps reduced)."""
+
+    logits: np.ndarray
+    predictions: np.ndarray
+    layers: dict[str, np.ndarray] = field(default_factory=dict)
+    reduction: Reduction = "mean"
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+
+def activation_table(dataset: ImageDataset, activations: Activations, start: int = 0,
+                     layers: Iterable[str] | None = None) -> pa.Table:
+    """Images ``start..`` as rows: index, id, label, prediction, logits and one vector column per layer
+    (``layers``, default all): what ``netatlas extract`` writes and each Dask part holds."""
+    stop = start + len(activations)
+    columns = {"index": pa.array(np.arange(start, stop)), "id": pa.array(dataset.ids[start:stop]),
+               "label": pa.array(dataset.labels[start:stop]), "prediction": pa.array(activations.predictions),
+               "logits": vectors_to_arrow(activations.logits)}
+    for name in activations.layers if layers is None else layers:
+        columns[name] = vectors_to_arrow(activations.layers[name])
+    return pa.table(columns)
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when present; anything else is passed to torch (with a clear error)."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise NetatlasError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise NetatlasError(f"device {device} asked for, but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def reduce_output(output: torch.Tensor, module: nn.Module, reduction: Reduction) -> torch.Tensor:
+    """[N, ...] -> [N, units]: conv maps per channel, token sequences per feature."""
+    if output.ndim <= 2:
+        return output.reshape(len(output), -1)
+    if output.ndim == 3 and not isinstance(module, _CHANNELS_FIRST_1D):
+        dims: tuple[int, ...] = (1,)
+    else:
+        dims = tuple(range(2, output.ndim))
+    return output.amax(dim=dims) if reduction == "max" else output.mean(dim=dims)
+
+
+def first_tensor(output: object) -> torch.Tensor:
+    """The tensor a module returned (first element of a tuple, ``logits`` of a dict)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    if isinstance(output, dict):
+        for key in ("logits", "out", "output"):
+            if isinstance(output.get(key), torch.Tensor):
+                return output[key]
+    raise NetatlasError(f"cannot read activations from a module output of type {type(output).__name__}")
+
+
+@contextlib.contextmanager
+def captured_layers(model: nn.Module, layers: Iterable[str],
+                    reduction: Reduction = "mean") -> Iterator[dict[str, torch.Tensor]]:
+    """Forward hooks that store each layer's reduced [batch, units] output; removed on exit.
+
+    ``with captured_layers(model, ["layer4"]) as out: model(x)`` leaves ``out["layer4"]``.
+    """
+    layers = list(dict.fromkeys(layers))
+    if reduction not in ("mean", "max"):
+        raise NetatlasError(f"unknown reduction {reduction!r}: use mean or max")
+    modules = dict(model.named_modules())
+    unknown = [name for name in layers if name not in modules]
+    if unknown:
+        raise NetatlasError(f"no module named {', '.join(map(repr, unknown))} in this model; "
+                            f"`netatlas info` lists the module names")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str) -> Callable:
+        def hook(module: nn.Module, _inputs: object, output: object) -> None:
+            captured[name] = reduce_output(first_tensor(output), module, reduction).float()
+        return hook
+
+    handles = []
+    try:
+        for name in layers:
+            handles.append(modules[name].register_forward_hook(hook_for(name)))
+        yield captured
+    except RuntimeError as exc:
+        if "hook" in str(exc).lower() and isinstance(model, torch.jit.ScriptModule):
+            raise NetatlasError("TorchScript models do not support forward hooks: only the outputs "
+                                "(logits) can be extracted from them") from exc
+        raise
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
+                        layers: Iterable[str] = (), reduction: Reduction = "mean",
+                        batch_size: int = 256, device: str | torch.device = "auto",
+                        progress: Progress | None = None, rows: range | None = None,
+                        num_workers: int | None = None) -> Activations:
+    """Run ``dataset`` through ``model`` once, capturing ``layers`` with forward hooks.
+
+    Reductions happen on the device, so only [batch, units] crosses to the host. Hooks are removed
+    even when the pass fails. ``rows`` (contiguous) limits the pass to those images, row i of the
+    result being image ``rows[i]``: a shard of a distributed pass (backend.sharded). ``num_workers``
+    goes to ``dataset.batches`` (0: decode files in this process, as a daemonic Dask worker must).
+    """
+    layers = list(dict.fromkeys(layers))
+    if rows is not None:
+        dataset = row_slice(dataset, rows)
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    with captured_layers(model, layers, reduction) as captured:
+        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction,
+                    num_workers)
+
+
+def row_slice(dataset: ImageDataset, rows: range) -> ImageDataset:
+    """Images ``rows`` of ``dataset`` as a dataset of their own (a view: arrays are not copied).
+
+    When ``rows.start`` is a multiple of the batch size, its batches hold exactly the images of
+    the full dataset's batches, so a pass over the slices equals one pass over the whole.
+    """
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= len(dataset):
+        raise ValueError(f"rows must be a contiguous range within 0..{len(dataset)}, got {rows}")
+    part = slice(rows.start, rows.stop)
+    return dataclasses.replace(
+        dataset, ids=dataset.ids[part], labels=dataset.labels[part],
+        read=_OffsetReader(dataset.read, rows.start),
+        meta={key: values[part] for key, values in dataset.meta.items()},
+        array=None if dataset.array is None else dataset.array[part])
+
+
+class _OffsetReader:
+    """``read(i)`` of a slice: image ``start + i`` of the whole (picklable, for DataLoader workers)."""
+
+    def __init__(self, read: Callable[[int], np.ndarray], start: int) -> None:
+        self.read, self.start = read, start
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.read(self.start + i)
+
+
+def _run(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing, layers: list[str],
+         captured: dict[str, torch.Tensor], batch_size: int, dev: torch.device,
+         progress: Progress | None, reduction: Reduction, num_workers: int | None = None) -> Activations:
+    n = len(dataset)
+    out: dict[str, np.ndarray] = {}
+    logits = np.empty(0, dtype=np.float32)
+    done = 0
+    with torch.inference_mode():
+        for indices, x in dataset.batches(preprocessing, batch_size, num_workers):
+            captured.clear()
+            y = first_tensor(model(x.to(dev, non_blocking=True))).float()
+            y = y.reshape(len(y), -1)
+            if logits.size == 0:
+                logits = np.empty((n, y.shape[1]), dtype=np.float32)
+                out = {name: np.empty((n, captured[name].shape[1]), dtype=np.float32) for name in layers}
+            rows = indices.numpy()
+            logits[rows] = y.cpu().numpy()
+            for name in layers:
+                out[name][rows] = captured[name].cpu().numpy()
+            done += len(rows)
+            if progress:
+                progress(done, n)
+    return Activations(logits, logits.argmax(1).astype(np.int64), out, reduction)

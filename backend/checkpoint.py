@@ -1,0 +1,262 @@
+"""Load a model from a checkpoint file, safely.
+
+Formats: a state_dict (.pt/.pth/.bin/.ckpt, bare or wrapped in ``state_dict``/``model_state_dict``,
+with DataParallel/Lightning/torch.compile prefixes), safetensors, TorchScript, and fully pickled
+modules. Pickles load with ``weights_only=True`` unless the user explicitly trusts the file, because
+unpickling can run arbitrary code. A JSON sidecar next to the checkpoint (``model.json`` or
+``model.pt.json``) may give the architecture, its kwargs, the classes and the preprocessing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from netatlas.backend.architectures import build_architecture, is_import_path
+from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.errors import NetatlasError
+
+STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
+KEY_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
+TRUST_PICKLE_HINT = ("If you trust where this file came from, load it with --trust-pickle "
+                     "(in the app: tick 'Trust pickled code'); better, re-save it as a state_dict "
+                     "or safetensors.")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference plus everything the cache key and the views need to know."""
+
+    model: nn.Module
+    path: Path
+    format: str
+    checkpoint_hash: str
+    preprocessing: Preprocessing
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] | None = None
+    sidecar: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        pre = self.preprocessing
+        return (1, pre.channels, *pre.size)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What makes two loads the same model: the file's bytes and how it was built."""
+        return {"checkpoint": self.checkpoint_hash, "arch": self.arch, "arch_kwargs": self.arch_kwargs}
+
+
+def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
+                    *, trust_pickle: bool = False, preprocessing: Preprocessing | None = None,
+                    device: str | torch.device = "cpu") -> LoadedModel:
+    """Load ``path`` into an eval-mode model on ``device``; user-fixable problems raise NetatlasError."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise NetatlasError(f"checkpoint not found: {path}")
+    sidecar = read_sidecar(path)
+    arch = arch or sidecar.get("architecture")
+    if arch_kwargs is None:
+        arch_kwargs = dict(sidecar.get("arch_kwargs", {})) if arch == sidecar.get("architecture") else {}
+    notes: list[str] = []
+
+    if path.suffix == ".safetensors":
+        fmt, model = "safetensors", _model_from_state(read_safetensors(path), arch, arch_kwargs, notes)
+    elif _is_torchscript(path):
+        fmt, model = "torchscript", _read_torchscript(path)
+    else:
+        obj = read_pickle(path, trust_pickle)
+        if isinstance(obj, nn.Module):
+            fmt, model = "pickled-module", obj
+            notes.append("loaded a fully pickled module (trusted by the user)")
+        else:
+            fmt, model = "state_dict", _model_from_state(find_state_dict(obj, path), arch, arch_kwargs, notes)
+
+    if preprocessing is None:
+        preprocessing = _default_preprocessing(sidecar, arch)
+    classes = sidecar.get("classes")
+    return LoadedModel(model.to(device).eval(), path, fmt, file_sha256(path), preprocessing,
+                       arch if fmt in ("state_dict", "safetensors") else None, dict(arch_kwargs),
+                       list(classes) if classes else None, sidecar, notes)
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """``model.json`` or ``model.pt.json`` beside the checkpoint, or {} when there is none."""
+    for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if candidate.is_file() and candidate != path:
+            try:
+                data = json.loads(candidate.read_text())
+            except (OSError, ValueError) as exc:
+                raise NetatlasError(f"cannot read the sidecar {candidate.name}: {exc}") from exc
+            if not isinstance(data, dict):
+                raise NetatlasError(f"the sidecar {candidate.name} must hold a JSON object")
+            return data
+    return {}
+
+
+def _default_preprocessing(sidecar: dict[str, Any], arch: str | None) -> Preprocessing:
+    if "preprocessing" in sidecar:
+        return Preprocessing.from_dict(sidecar["preprocessing"])
+    return Preprocessing()  # torchvision's ImageNet convention: 224x224 RGB, ImageNet mean/std
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a file, memoized per (path, size, mtime) so that reopening costs nothing."""
+    st = path.stat()
+    return _sha256_cached(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise NetatlasError(f"{path.name} is not a readable safetensors file: {exc}") from exc
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _read_torchscript(path: Path) -> nn.Module:
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except RuntimeError as exc:
+        raise NetatlasError(f"{path.name} looks like TorchScript but did not load: {exc}") from exc
+
+
+def read_pickle(path: Path, trust_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as exc:
+        if trust_pickle:
+            raise NetatlasError(f"{path.name} is not a readable torch checkpoint: {exc}") from exc
+        raise NetatlasError(_refusal_message(path, exc)) from None
+    except (AttributeError, ModuleNotFoundError, ImportError) as exc:
+        raise NetatlasError(f"{path.name} refers to code that is not importable here: {exc}") from exc
+    except Exception as exc:  # corrupt bytes fail in many ways: RuntimeError, EOFError, IndexError, ...
+        raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'empty'})") from exc
+
+
+def _refusal_message(path: Path, exc: Exception) -> str:
+    """Why a pickle was refused, listing the globals it would import, without loading anything."""
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy (non-zip) pickles cannot be inspected this way
+        unsafe = []
+    # Code outside torch (the file's own classes, os, builtins) first: that is what the user must judge.
+    unsafe = sorted(set(unsafe), key=lambda name: (name.startswith("torch."), name))
+    if not unsafe:  # the safe unpickler names the global it stopped at
+        unsafe = re.findall(r"GLOBAL (\S+) was not an allowed global", str(exc))
+    if not unsafe:  # it stopped on something else: corrupt bytes, or a pickle torch.save did not write
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()
+        return (f"{path.name} is not a readable torch checkpoint (the safe unpickler stopped at: "
+                f"{detail[0] if detail else 'unknown'}): it is corrupt, or a pickle not written by "
+                "torch.save. If it is a pickle you trust, load it with --trust-pickle.")
+    what = f" it would import {', '.join(unsafe[:8])}" + (" ..." if len(unsafe) > 8 else "")
+    return (f"refused to unpickle {path.name}:{what}, and unpickling can run arbitrary code. "
+            + TRUST_PICKLE_HINT)
+
+
+def find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The tensor mapping inside a checkpoint: the object itself or under a common wrapper key."""
+    if _is_tensor_mapping(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_WRAPPERS:
+            if _is_tensor_mapping(obj.get(key)):
+                return dict(obj[key])
+        keys = ", ".join(map(str, list(obj)[:8]))
+        raise NetatlasError(f"{path.name} holds a dict without a state_dict (top-level keys: {keys})")
+    raise NetatlasError(f"{path.name} holds a {type(obj).__name__}, not a state_dict or a module")
+
+
+def _is_tensor_mapping(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+
+
+def _model_from_state(state: dict[str, torch.Tensor], arch: str | None, arch_kwargs: dict[str, Any],
+                      notes: list[str]) -> nn.Module:
+    if not arch:
+        raise NetatlasError(
+            "this checkpoint holds only weights: say which architecture they belong to with --arch "
+            "(a torchvision name like resnet18, or 'package.module:factory'), or add a JSON sidecar.")
+    model = build_architecture(arch, arch_kwargs)
+    expected = model.state_dict()
+    state, stripped = strip_prefixes(state, set(expected))
+    if stripped:
+        notes.append(f"stripped key prefix {stripped!r}")
+    check_keys(state, expected, arch)
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str],
+                   max_depth: int = 3) -> tuple[dict[str, torch.Tensor], str]:
+    """Remove wrapper prefixes (``module.``, ``model.``, ``_orig_mod.``) when that matches more keys.
+
+    Wrappers nest (DDP around torch.compile: ``module._orig_mod.``), and stripping only the outer
+    prefix matches nothing yet, so every chain of up to ``max_depth`` prefixes is tried.
+    """
+    best_state, best_removed, best_overlap = state, "", len(expected & state.keys())
+    frontier = [(state, "")]
+    for _ in range(max_depth):
+        deeper = []
+        for current, removed in frontier:
+            for prefix in KEY_PREFIXES:
+                if any(k.startswith(prefix) for k in current):
+                    candidate = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in current.items()}
+                    deeper.append((candidate, removed + prefix))
+                    overlap = len(expected & candidate.keys())
+                    if overlap > best_overlap:
+                        best_state, best_removed, best_overlap = candidate, removed + prefix, overlap
+        frontier = deeper
+    return best_state, best_removed
+
+
+def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], arch: str,
+               show: int = 5) -> None:
+    """Raise one readable error listing the first missing, unexpected and mis-shaped keys."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in expected if k in state and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+    parts = [f"the checkpoint does not fit architecture {arch!r}"]
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            more = f" (+{len(items) - show} more)" if len(items) > show else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:show])}{more}")
+    if shapes and not (missing or unexpected) and not is_import_path(arch):
+        parts.append("if only the classifier differs, pass e.g. --arch-kwargs '{\"num_classes\": N}'")
+    raise NetatlasError("; ".join(parts) + ".")

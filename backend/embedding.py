@@ -1,0 +1,203 @@
+"""2-D maps of a representation: PCA first, then UMAP; past ``fit_sample`` points UMAP is fitted on a
+seeded sample and the rest are placed the way UMAP's ``transform`` starts: at the membership-weighted
+mean of their nearest fitted neighbours (``place``). umap-learn's own transform then runs refinement
+epochs: about 0.5 ms a row on a 2-core CPU (six minutes for 800,000 rows) against about 0.09 ms for
+the placement alone; bench/embed.py measures both and how far apart their positions land (a median
+of 0.045 of the map's spread on its mixture).
+
+umap-learn is imported only here and only when a UMAP map is asked for: its first import compiles
+numba kernels (tens of seconds), which the app and CLI must not pay for views that do not use it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+
+from netatlas.backend.cluster.kmeans import principal_components
+from netatlas.backend.errors import NetatlasError
+
+Progress = Callable[[int, int], None]
+Method = Literal["umap", "pca"]
+# A seeded UMAP runs on one core; above this many images the app and CLI ask for the parallel one
+# (not bit-reproducible across runs, but cached, so reopening shows the same map).
+PARALLEL_ABOVE = 50_000
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How a map is made. ``seed`` None lets UMAP run in parallel (not bit-reproducible)."""
+
+    method: Method = "umap"
+    pca_dims: int = 50
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    fit_sample: int = 200_000
+    seed: int | None = 0
+
+
+@dataclass
+class Embedding:
+    """[N, 2] coordinates and how they were made (``fitted``: the rows UMAP was fitted on)."""
+
+    xy: np.ndarray
+    fitted: np.ndarray
+    method: str
+    model: object | None = None      # the fitted umap.UMAP when computed here (not cached)
+
+    @property
+    def n_fitted(self) -> int:
+        return int(self.fitted.sum())
+
+
+def default_seed(n: int) -> int | None:
+    """Seed 0 (reproducible) up to ``PARALLEL_ABOVE`` images, None (parallel) above."""
+    return 0 if n <= PARALLEL_ABOVE else None
+
+
+def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
+    """Embed the rows of ``x`` in 2-D (see the module docstring); ``progress`` gets (rows placed, N)."""
+    if settings.method not in ("umap", "pca"):
+        raise NetatlasError(f"unknown embedding method {settings.method!r}: use umap or pca")
+    x = _checked(x)
+    n = len(x)
+    report = progress or (lambda done, total: None)
+    report(0, n)
+    reduced = pca(x, settings.pca_dims, settings.seed)
+    if settings.method == "pca" or n <= max(settings.n_neighbors, 4):
+        xy = pca(reduced, 2, settings.seed)
+        report(n, n)
+        return Embedding(_standardized(xy), np.ones(n, bool), "pca")
+    fitted = _fit_rows(n, settings)
+    xy = np.empty((n, 2), dtype=np.float32)
+    model = _umap(settings, len(fitted))
+    with warnings.catch_warnings():          # umap warns that a seed disables its parallelism
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+        xy[fitted] = model.fit_transform(reduced[fitted])
+    report(len(fitted), n)
+    rest = np.setdiff1d(np.arange(n), fitted, assume_unique=True)
+    if len(rest):
+        xy[rest] = place(reduced[rest], reduced[fitted], xy[fitted], settings.n_neighbors, settings.seed,
+                         lambda done, _: report(len(fitted) + done, n))
+    mask = np.zeros(n, bool)
+    mask[fitted] = True
+    return Embedding(xy, mask, "umap", model)
+
+
+def place(new: np.ndarray, base: np.ndarray, base_xy: np.ndarray, k: int = 15, seed: int | None = 0,
+          progress: Progress | None = None) -> np.ndarray:
+    """2-D positions for ``new`` rows: the mean of their ``k`` nearest ``base`` rows' positions,
+    weighted by UMAP's fuzzy membership (exp(-(d - rho) / sigma), sigma solved per row)."""
+    neighbours, distances = approximate_knn(new, base, k, seed, progress)
+    weights = membership(distances)
+    return (weights[..., None] * base_xy[neighbours]).sum(1) / weights.sum(1, keepdims=True)
+
+
+def approximate_knn(queries: np.ndarray, base: np.ndarray, k: int, seed: int | None = 0,
+                    progress: Progress | None = None, probes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of each query's ``k`` nearest base rows, searched in an inverted file:
+    base rows are split into m ~ sqrt(n) k-means cells; the queries of a cell are compared with the
+    rows of that cell and its nearest cells (``probes`` in all, default max(8, sqrt(m))), one small
+    matrix product per cell."""
+    from netatlas.backend.cluster.kmeans import assign, kmeans
+
+    generator = torch.Generator().manual_seed(seed or 0)
+    b, q = torch.from_numpy(np.ascontiguousarray(base)), torch.from_numpy(np.ascontiguousarray(queries))
+    m = max(1, min(len(b) // max(k, 1), round(np.sqrt(len(b)))))
+    centroids = kmeans(b, m, iters=10, sample=min(len(b), 64 * m), generator=generator, plus_plus=False)
+    cell_of_base, cell_of_query = assign(b, centroids).numpy(), assign(q, centroids).numpy()
+    probes = probes or max(8, round(np.sqrt(m)))
+    near_cells = torch.cdist(centroids, centroids).topk(min(probes, len(centroids)), largest=False).indices.numpy()
+    members = np.split(np.argsort(cell_of_base, kind="stable"), np.cumsum(np.bincount(cell_of_base, minlength=m))[:-1])
+    queries_by_cell = np.argsort(cell_of_query, kind="stable")
+    bounds = np.cumsum(np.bincount(cell_of_query, minlength=m))
+    index = np.empty((len(q), k), dtype=np.int64)
+    dist = np.empty((len(q), k), dtype=np.float32)
+    b_norms = (b * b).sum(1)
+    for cell in range(m):
+        rows = queries_by_cell[(bounds[cell - 1] if cell else 0):bounds[cell]]
+        if not len(rows):
+            continue
+        candidates = np.concatenate([members[c] for c in near_cells[cell]])
+        kk = min(k, len(candidates))
+        qx = q[rows]
+        d2 = (qx * qx).sum(1, keepdim=True) - 2 * qx @ b[candidates].T + b_norms[candidates][None, :]
+        top = d2.topk(kk, largest=False)
+        index[rows, :kk] = candidates[top.indices.numpy()]
+        dist[rows, :kk] = top.values.clamp_min(0).sqrt().numpy()
+        if kk < k:                                   # fewer candidates than k: repeat the farthest
+            index[rows, kk:] = index[rows, kk - 1:kk]
+            dist[rows, kk:] = dist[rows, kk - 1:kk]
+        if progress:
+            progress(int(bounds[cell]), len(q))
+    return index, dist
+
+
+def membership(distances: np.ndarray, bandwidth: float = 1.0, iters: int = 64) -> np.ndarray:
+    """UMAP's fuzzy membership of each row's neighbours: exp(-(d - rho) / sigma) with rho the nearest
+    distance and sigma found by bisection so that the memberships sum to log2(k) (smooth_knn_dist)."""
+    d = distances.astype(np.float64)
+    rho = d[:, :1]
+    excess = np.maximum(d - rho, 0)
+    target = np.log2(d.shape[1]) * bandwidth
+    lo, hi = np.zeros(len(d)), np.full(len(d), np.inf)
+    sigma = np.ones(len(d))
+    for _ in range(iters):
+        total = np.exp(-excess / sigma[:, None]).sum(1)
+        too_big = total > target
+        hi = np.where(too_big, sigma, hi)
+        lo = np.where(too_big, lo, sigma)
+        sigma = np.where(np.isinf(hi), sigma * 2, (lo + hi) / 2)
+    return np.exp(-excess / np.maximum(sigma, 1e-12)[:, None]).astype(np.float32)
+
+
+def pca(x: np.ndarray, dims: int, seed: int | None = 0) -> np.ndarray:
+    """``x`` on its top ``dims`` principal axes (fitted on a 20k sample), float32."""
+    generator = torch.Generator().manual_seed(seed or 0)
+    with warnings.catch_warnings():          # a read-only (cached, memory-mapped) array: never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    if points.shape[1] <= dims:
+        return (points - points.mean(0)).numpy()
+    return principal_components(points, dims, generator=generator).numpy()
+
+
+def _checked(x: np.ndarray) -> np.ndarray:
+    if x.ndim != 2 or len(x) == 0:
+        raise NetatlasError(f"cannot embed an array of shape {x.shape}: need [images, features]")
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x).all(1)).sum())
+        raise NetatlasError(f"{bad} images have NaN or infinite activations in this layer; "
+                            "a map needs finite values (check the checkpoint's numerics)")
+    return x
+
+
+def _fit_rows(n: int, settings: EmbedSettings) -> np.ndarray:
+    """All rows up to ``fit_sample``; a uniform sample (sorted, seeded even when UMAP is not) above it."""
+    if n <= settings.fit_sample:
+        return np.arange(n)
+    rng = np.random.default_rng(settings.seed or 0)
+    return np.sort(rng.choice(n, settings.fit_sample, replace=False))
+
+
+def _umap(settings: EmbedSettings, n_fit: int):
+    try:
+        import umap
+    except ImportError as exc:  # declared in pyproject; a broken install should say what is missing
+        raise NetatlasError("umap-learn is not installed: pip install umap-learn (or use --method pca)") from exc
+    return umap.UMAP(n_components=2, n_neighbors=min(settings.n_neighbors, n_fit - 1),
+                     min_dist=settings.min_dist, random_state=settings.seed, low_memory=True)
+
+
+def _standardized(xy: np.ndarray) -> np.ndarray:
+    """PCA maps scaled to unit spread, so that the map's default view frames them like UMAP's (a
+    one-feature representation gets y = 0)."""
+    xy = np.asarray(xy, dtype=np.float32)
+    if xy.shape[1] < 2:
+        xy = np.column_stack([xy, np.zeros((len(xy), 2 - xy.shape[1]), np.float32)])
+    spread = xy.std(0)
+    return xy / np.where(spread > 0, spread, 1)

@@ -1,0 +1,1 @@
+"""Residual networks as ensembles of paths: the residual units (blocks) and their measurements (paths)."""

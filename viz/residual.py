@@ -1,0 +1,150 @@
+"""The four residual-path figures: per-unit branch statistics, Veit's path trio, the order-k
+decomposition against its idealisations, and lesion curves."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+
+from netatlas.backend.residual.paths import ResidualReport
+from netatlas.viz.styling import PANEL, WIDE, styled
+
+COLORS = {"ratio": "#4c78a8", "cos": "#f58518", "gain": "#54a24b", "scale": "#b279a2",
+          "exact": "#1f3b73", "estimate": "#e45756", "ideal": "#9d9d9d"}
+_MPL_TITLE = {"fontsize": {"title": 10, "labels": 9, "xticks": 8, "yticks": 8}}
+
+
+def residual_figures(report: ResidualReport) -> dict[str, hv.core.Dimensioned]:
+    """The figures by name (``blocks``, ``paths``, ``orders``, ``lesions``), ready for page or file."""
+    return {"blocks": unit_statistics(report.units), "paths": path_trio(report.paths),
+            "orders": order_decomposition(report.orders, report.meta),
+            "lesions": lesion_curves(report.lesions, report.lesions_k, report.reorder, report.meta)}
+
+
+def unit_names(labels: Sequence[str]) -> list[str]:
+    """Unit labels short enough for an axis: the module path they all share is left out
+    (``encoder.layers.encoder_layer_0 add 1`` -> ``encoder_layer_0 add 1``), never down to a bare number."""
+    parts = [str(label).split(".") for label in labels]
+    common = 0
+    while (all(len(p) > common + 1 for p in parts) and len({p[common] for p in parts}) == 1
+           and not any(".".join(p[common + 1:]).isdigit() for p in parts)):
+        common += 1
+    names = [".".join(p[common:]) for p in parts]
+    return names if len(set(names)) == len(names) else [str(label) for label in labels]
+
+
+def unit_statistics(units: pd.DataFrame) -> hv.Overlay:
+    """||f(x)||/||x||, cos(f(x), x), the Jacobian gain and any learned branch scale, unit by unit in depth order."""
+    series = [("ratio", "||f(x)|| / ||x||"), ("cos", "cos(f(x), x)"), ("gain", "Jacobian gain g")]
+    if "scale" in units and units["scale"].notna().any():
+        series.append(("scale", "learned branch scale"))
+    ordered = units.sort_values("depth")
+    layers = []
+    for column, label in series:
+        data = pd.DataFrame({"unit": unit_names(ordered["unit"]), "value": ordered[column].to_numpy(),
+                             "module": ordered["unit"].to_numpy()})
+        curve = hv.Curve(data, "unit", ["value", "module"], label=label)
+        points = hv.Scatter(data, "unit", ["value", "module"], label=label)
+        layers += [styled(curve, {"color": COLORS[column]}),
+                   styled(points, {"color": COLORS[column]}, {"size": 7, "tools": ["hover"]}, {"s": 20})]
+    zero = styled(hv.HLine(0), {"color": "#bbbbbb"}, {"line_width": 1}, {"linewidth": 1})
+    return styled(hv.Overlay([zero, *layers]), {
+        "title": "Per residual unit", "xlabel": "residual unit (depth order)", "ylabel": "value"},
+        {**WIDE["bokeh"], "legend_position": "top_left", "xrotation": 45},
+        {**WIDE["matplotlib"], **_MPL_TITLE, "xrotation": 45})
+
+
+def path_trio(paths: pd.DataFrame) -> hv.Layout:
+    """Veit et al.'s three plots: paths per length, gradient per path length, effective paths."""
+    n = int(paths["k"].max())
+    count = styled(hv.Bars(paths, "k", "count"), {
+        "title": f"Paths by length (2^{n} in all)", "xlabel": "path length k", "ylabel": "paths C(n, k)",
+        "color": COLORS["ratio"]}, {**PANEL["bokeh"], "tools": ["hover"]},
+        {**PANEL["matplotlib"], **_MPL_TITLE})
+    grad = _with_errors(paths, "grad_mean", "grad_sem", "Gradient per path length",
+                        "mean ||dL/dx|| (log)", COLORS["exact"])
+    effective = _with_errors(paths, "effective", "effective_sem", "Effective paths (count x grad)",
+                             "total ||dL/dx|| (log)", COLORS["estimate"])
+    return hv.Layout([count, grad, effective]).cols(3).opts(shared_axes=False, backend="bokeh")
+
+
+def _with_errors(paths: pd.DataFrame, value: str, error: str, title: str, ylabel: str,
+                 color: str) -> hv.Overlay:
+    data, title = _drawable_on_log(paths[["k", value, error, "samples"]], value, title)
+    data["low"] = (data[value] - data[error]).clip(lower=data[value] * 0.05)   # error bars stay above 0
+    curve = styled(hv.Curve(data, "k", value), {"color": color})
+    points = styled(hv.Scatter(data, "k", [value, error, "samples"]), {"color": color},
+                    {"size": 6, "tools": ["hover"]}, {"s": 15})
+    bars = styled(hv.ErrorBars((data["k"], data[value], data[value] - data["low"], data[error]),
+                               vdims=["y", "yerrneg", "yerrpos"]), {"color": color})
+    return styled(hv.Overlay([curve, points, bars]), {
+        "title": title, "xlabel": "path length k", "ylabel": ylabel, "logy": True},
+        {**PANEL["bokeh"], "yformatter": "%.1e"}, {**PANEL["matplotlib"], **_MPL_TITLE})
+
+
+def order_decomposition(orders: pd.DataFrame, meta: dict) -> hv.Overlay:
+    """Share of the output in each order k, with the idealised C(n,k) lambda^k for three lambdas."""
+    n = int(orders["k"].max())
+    layers = []
+    ideals = [("ideal_1", "idealised, lambda = 1"), ("ideal_inv_sqrt_n", "idealised, lambda = 1/sqrt(n)"),
+              ("ideal_inv_n", "idealised, lambda = 1/n")]
+    for (column, label), dash in zip(ideals, ("dotted", "dashdot", "dashed")):
+        layers.append(_share_curve(orders, column, label, COLORS["ideal"], dash))
+    if "exact_share" in orders:
+        layers.append(_share_curve(orders, "exact", "exact (Moebius over 2^n masks)", COLORS["exact"], "solid"))
+    layers.append(_share_curve(orders, "estimate", "estimate e_k(g) from Jacobian gains", COLORS["estimate"],
+                               "solid"))
+    return styled(hv.Overlay(layers), {
+        "title": f"Order-k decomposition, n = {n} (grey: idealisations, exact only for linear branches)",
+        "xlabel": "order k (branches in the term)",
+        "ylabel": "share of sum ||Delta_S|| (log)", "logy": True},
+        {**WIDE["bokeh"], "legend_position": "bottom_left"}, {**WIDE["matplotlib"], **_MPL_TITLE})
+
+
+def _drawable_on_log(data: pd.DataFrame, column: str, title: str) -> tuple[pd.DataFrame, str]:
+    """The rows a log axis can show (positive values), and the title saying which orders were left out."""
+    keep = data[column].to_numpy() > 0          # NaN compares False: left out too
+    if keep.all():
+        return data.copy(), title
+    dropped = ", ".join(str(int(k)) for k in data.loc[~keep, "k"])
+    return data[keep].copy(), f"{title} (k = {dropped} not drawn: 0)"
+
+
+def _share_curve(orders: pd.DataFrame, column: str, label: str, color: str, dash: str) -> hv.Curve:
+    data = pd.DataFrame({"k": orders["k"], "share": orders[f"{column}_share"], "weight": orders[column]})
+    data, label = _drawable_on_log(data, "share", label)
+    curve = styled(hv.Curve(data, "k", ["share", "weight"], label=label), {"color": color},
+                   {"line_dash": dash, "tools": ["hover"]}, {"linestyle": _MPL_DASH[dash]})
+    return curve
+
+
+_MPL_DASH = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}
+
+
+def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.DataFrame,
+                  meta: dict) -> hv.Layout:
+    """Accuracy after removing one unit, k random units (mean +- sd), and after reordering blocks."""
+    base = float(meta.get("baseline_accuracy", np.nan))
+    baseline = styled(hv.HLine(base), {"color": "#888888"}, {"line_dash": "dashed"}, {"linestyle": "--"})
+    axes = {"ylabel": "accuracy", "ylim": (0, 1.02)}
+    small_b, small_m = PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE}
+    lesions = lesions.assign(module=lesions["unit"], unit=unit_names(lesions["unit"]))
+    single = styled(hv.Bars(lesions, "unit", ["accuracy", "module"]), {
+        "title": "One unit removed", "xlabel": "removed unit", "color": COLORS["ratio"], **axes},
+        {**small_b, "tools": ["hover"], "xrotation": 45}, {**small_m, "xrotation": 45})
+    k_data = lesions_k.assign(low=lesions_k["mean"] - lesions_k["sd"], high=lesions_k["mean"] + lesions_k["sd"])
+    k_curve = styled(hv.Curve(k_data, "k", ["mean", "sd"]), {"color": COLORS["estimate"]},
+                     {"tools": ["hover"]})
+    k_spread = styled(hv.Spread((k_data["k"], k_data["mean"], k_data["sd"])), {"alpha": 0.25},
+                      {"color": COLORS["estimate"]}, {"facecolor": COLORS["estimate"]})
+    k_plot = styled(hv.Overlay([k_spread, k_curve, baseline]), {
+        "title": "k random units removed", "xlabel": "units removed k", **axes}, small_b, small_m)
+    r_points = styled(hv.Scatter(reorder, "tau", ["accuracy", "swaps"]), {"color": COLORS["exact"]},
+                      {"size": 8, "tools": ["hover"]}, {"s": 25})
+    r_plot = styled(hv.Overlay([r_points, baseline]), {
+        "title": "Interchangeable blocks reordered", "xlabel": "Kendall tau to the original order",
+        "xlim": (min(-0.05, float(reorder["tau"].min()) - 0.05), 1.05), **axes}, small_b, small_m)
+    return hv.Layout([styled(hv.Overlay([single, baseline]), {}, small_b, small_m), k_plot, r_plot]).cols(3)
