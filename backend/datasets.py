@@ -91,9 +91,8 @@ class _Decoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
         image = self.dataset.read(i)
-        pre = self.preprocessing
-        if image.shape[:2] != tuple(pre.size) or (image.ndim == 3) == pre.grayscale:
-            image = pre.pil_to_uint8(Image.fromarray(image))
+        if not self.preprocessing.is_model_ready(image):
+            image = self.preprocessing.pil_to_uint8(Image.fromarray(image))
         return i, image
 
 

@@ -89,6 +89,10 @@ class Preprocessing:
         std = torch.tensor(self.std).view(1, -1, 1, 1)
         return (x - mean) / std
 
+    def is_model_ready(self, image: np.ndarray) -> bool:
+        """True when a decoded uint8 image is already what the model takes (size and channels)."""
+        return image.shape[:2] == tuple(self.size) and (image.ndim == 3) != self.grayscale
+
     def pil_to_uint8(self, image: Image.Image) -> np.ndarray:
         """A decoded file -> uint8 [H, W] or [H, W, 3] at the model's size (resizing once, on load)."""
         image = image.convert("L" if self.grayscale else "RGB")
