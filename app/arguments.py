@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from netatlas.backend.arguments import add_cache_args, add_dask_args, add_model_args
+from netatlas.backend.arguments import add_cache_args, add_dask_args, add_data_args, add_model_args
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default="demo", help="checkpoint to open (default: the demo)")
-    parser.add_argument("--data", default="demo", help="dataset to open (default: the demo digits)")
+    add_data_args(parser, positional=False)
     parser.add_argument("--root", action="append", default=[], type=Path, metavar="DIR",
                         help="a folder the page may read checkpoints and images from (repeatable)")
     parser.add_argument("--port", type=int, default=5006)

@@ -20,6 +20,8 @@ from netatlas.backend.roots import AllowedRoots
 class AppConfig:
     checkpoint: str = "demo"
     data: str = "demo"
+    image_column: str | None = None             # --image-column/--label-column: Parquet columns of --data
+    label_column: str | None = None
     arch: str | None = None
     arch_kwargs: dict[str, Any] | None = None
     roots: AllowedRoots = field(default_factory=lambda: AllowedRoots.of(assets_dir()))
@@ -39,7 +41,8 @@ class AppConfig:
             if given != "demo" and Path(given).exists():
                 path = Path(given).resolve()
                 roots.append(path if path.is_dir() else path.parent)
-        return cls(checkpoint=args.checkpoint, data=args.data, arch=args.arch,
+        return cls(checkpoint=args.checkpoint, data=args.data, image_column=getattr(args, "image_column", None),
+                   label_column=getattr(args, "label_column", None), arch=args.arch,
                    arch_kwargs=args.arch_kwargs, roots=AllowedRoots.of(*roots),
                    cache_dir=args.cache_dir, device=args.device, trust_pickle=args.trust_pickle,
                    loopback=is_loopback(args.address),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import panel as pn
 import param
@@ -11,10 +12,12 @@ import param
 from netatlas.app.state import AppState
 from netatlas.backend.architectures import is_import_path, torchvision_names
 from netatlas.backend.cache import ResultCache
-from netatlas.backend.checkpoint import load_checkpoint, read_sidecar
+from netatlas.backend.checkpoint import default_preprocessing, load_checkpoint, read_sidecar
 from netatlas.backend.datasets import load_dataset
 from netatlas.backend.demo import demo_checkpoint
+from netatlas.backend.hf_models import hf_folder
 from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.timm_models import model_names as timm_model_names
 from netatlas.backend.workspace import Workspace
 from netatlas.backend.errors import NetatlasError
 
@@ -58,7 +61,7 @@ class LoaderView(param.Parameterized):
         """List the checkpoints and datasets under the allowed roots (the only readable paths)."""
         roots = self.state.config.roots
         self.import_archs = self.state.config.import_architectures()
-        self.arch.options = self.import_archs + torchvision_names()
+        self.arch.options = self.import_archs + torchvision_names() + timm_model_names()
         ckpts = {DEMO_LABEL: "demo"}
         ckpts.update({self._label(p): str(p) for p in roots.checkpoints() if p != demo_checkpoint()})
         data = {"demo: 5,000 MNIST digits": "demo"}
@@ -84,6 +87,9 @@ class LoaderView(param.Parameterized):
 
     def _fill_from_sidecar(self, event: param.parameterized.Event) -> None:
         path = demo_checkpoint() if event.new == "demo" else Path(event.new)
+        if path.is_dir() and hf_folder(path) is not None:   # the class comes from its config.json
+            self.arch.value, self.arch_kwargs.value = "", ""
+            return
         try:
             sidecar = read_sidecar(path)
         except NetatlasError:
@@ -113,12 +119,15 @@ class LoaderView(param.Parameterized):
             kwargs = parse_kwargs(kwargs_text) if kwargs_text else None
             launched = ckpt_value == config.checkpoint or (
                 config.checkpoint != "demo" and Path(ckpt_value) == Path(config.checkpoint).resolve())
-            preprocessing = parse_preprocessing(overrides, read_sidecar(ckpt).get("preprocessing", {}))
+            preprocessing = parse_preprocessing(overrides, lambda: default_preprocessing(ckpt, arch, kwargs).to_dict())
             if preprocessing is None and launched:
                 preprocessing = config.preprocessing
             loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
                                      preprocessing=preprocessing)
-            dataset = load_dataset(data)
+            launch_data = data_value == config.data or (
+                config.data != "demo" and Path(str(data_value)) == Path(config.data).resolve())
+            columns = {"image_column": config.image_column, "label_column": config.label_column} if launch_data else {}
+            dataset = load_dataset(data, **columns)
             workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device,
                                   dask=config.dask_client, source=str(data))
             workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
@@ -136,8 +145,9 @@ class LoaderView(param.Parameterized):
         return pn.Column(
             self.checkpoint, self.arch, self.arch_kwargs, self.trust,
             pn.pane.Markdown(TRUST_HELP, styles={"font-size": "11px", "color": "#666"}, margin=(0, 10)),
-            pn.Card(pn.pane.Markdown("Blank fields keep the sidecar's values (else torchvision's "
-                                     "ImageNet 224 RGB).", styles={"font-size": "11px"}),
+            pn.Card(pn.pane.Markdown("Blank fields keep the model's own: its sidecar's, its Hugging Face "
+                                     "image processor's or its timm config's (else torchvision's ImageNet "
+                                     "224 RGB).", styles={"font-size": "11px"}),
                     self.pre_size, self.pre_gray, self.pre_mean, self.pre_std, title="Preprocessing",
                     collapsed=True, sizing_mode="stretch_width"),
             self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
@@ -155,8 +165,9 @@ def parse_kwargs(text: str) -> dict:
     return value
 
 
-def parse_preprocessing(fields: dict, sidecar: dict) -> Preprocessing | None:
-    """The page's preprocessing fields over the sidecar's block; None when every field is blank."""
+def parse_preprocessing(fields: dict, model_default: Callable[[], dict]) -> Preprocessing | None:
+    """The page's preprocessing fields over the model's own (sidecar, HF image processor, timm config);
+    None when every field is blank. ``model_default`` is only called when a field is filled."""
     values = {}
     for key, given in fields.items():
         if isinstance(given, str):
@@ -165,4 +176,6 @@ def parse_preprocessing(fields: dict, sidecar: dict) -> Preprocessing | None:
             except ValueError as exc:
                 raise NetatlasError(f"preprocessing {key} must be numbers separated by spaces, got {given!r}") from exc
         values[key] = given
-    return Preprocessing.overriding(sidecar, **values)
+    if all(v is None for v in values.values()):
+        return None
+    return Preprocessing.overriding(model_default(), **values)

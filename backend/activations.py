@@ -77,15 +77,19 @@ def reduce_output(output: torch.Tensor, module: nn.Module, reduction: Reduction)
 
 
 def first_tensor(output: object) -> torch.Tensor:
-    """The tensor a module returned (first element of a tuple, ``logits`` of a dict)."""
+    """The tensor a module returned: the first element of a tuple; of a dict or a Hugging Face
+    ModelOutput, ``logits`` (or ``out``, ``output``, ``pooler_output``), else its first tensor."""
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     if isinstance(output, dict):
-        for key in ("logits", "out", "output"):
+        for key in ("logits", "out", "output", "pooler_output"):
             if isinstance(output.get(key), torch.Tensor):
                 return output[key]
+        found = next((v for v in output.values() if isinstance(v, torch.Tensor)), None)
+        if found is not None:
+            return found
     raise NetatlasError(f"cannot read activations from a module output of type {type(output).__name__}")
 
 

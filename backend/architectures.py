@@ -1,4 +1,4 @@
-"""Build an untrained model from an architecture spec: a torchvision name or ``pkg.module:factory``."""
+"""Build an untrained model from an architecture spec: a torchvision name, ``timm:NAME`` or ``pkg.module:factory``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.timm_models import build_timm, timm_name
 
 
 def torchvision_names() -> list[str]:
@@ -18,16 +19,23 @@ def torchvision_names() -> list[str]:
 
 
 def is_import_path(spec: str) -> bool:
-    return ":" in spec
+    """An import path runs code from the named module; ``timm:NAME`` only names a timm architecture."""
+    return ":" in spec and timm_name(spec) is None
 
 
 def build_architecture(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A torchvision model name (``resnet18``, ``vit_b_16``; built without weights) or an import path.
+    """A torchvision model name (``resnet18``, ``vit_b_16``), ``timm:NAME`` (both built without weights),
+    or an import path.
 
     Import paths run code from the named module, so the app only offers the ones the server was
     started with or that sidecars under its roots declare; the CLI takes any.
     """
     kwargs = dict(kwargs or {})
+    if timm_name(spec):
+        return build_timm(timm_name(spec), kwargs)
+    if spec.startswith("transformers:"):
+        raise NetatlasError(f"{spec} is built from its config.json: open the save_pretrained folder (or a "
+                            "weights file inside it) instead of naming the class")
     if is_import_path(spec):
         return _build_from_import_path(spec, kwargs)
     names = torchvision_names()
@@ -35,8 +43,8 @@ def build_architecture(spec: str, kwargs: dict[str, Any] | None = None) -> nn.Mo
         close = difflib.get_close_matches(spec, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise NetatlasError(
-            f"unknown architecture {spec!r}: give a torchvision model name (e.g. resnet18) or an "
-            f"import path 'package.module:factory'.{hint}")
+            f"unknown architecture {spec!r}: give a torchvision model name (e.g. resnet18), timm:NAME "
+            f"(e.g. timm:resnet50) or an import path 'package.module:factory'.{hint}")
     import torchvision
 
     try:

@@ -1,8 +1,8 @@
-"""Command-line arguments that name a model, its preprocessing, the cache and Dask.
+"""Command-line arguments that name a model, its preprocessing, a dataset, the cache and Dask.
 
 Every ``netatlas`` command and the server (``launch.py``, ``panel serve app --args``) take the same
-model arguments, so they are declared once here, below both, with the functions that turn them into
-backend objects. Importing this module imports no torch: ``netatlas --help`` stays quick.
+model and dataset arguments, so they are declared once here, below both, with the functions that turn
+them into backend objects. Importing this module imports no torch: ``netatlas --help`` stays quick.
 """
 
 from __future__ import annotations
@@ -15,19 +15,46 @@ from typing import Any
 
 def add_model_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     if positional:
-        parser.add_argument("checkpoint", help="checkpoint file, or 'demo'"
+        parser.add_argument("checkpoint", help="checkpoint file, Hugging Face save_pretrained folder, or 'demo'"
                             + (" ('none': the --arch alone, no weights)" if parser.prog.endswith("diagram") else ""))
-    parser.add_argument("--arch", help="torchvision model name (resnet18) or 'package.module:factory'")
+    parser.add_argument("--arch", help="torchvision model name (resnet18), timm:NAME (timm:resnet50) or "
+                        "'package.module:factory'; not needed for a Hugging Face save_pretrained folder")
     parser.add_argument("--arch-kwargs", type=json_object, default=None, metavar="JSON",
                         help="keyword arguments for the architecture, e.g. '{\"num_classes\": 10}'")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="allow fully pickled checkpoints; unpickling can run arbitrary code")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    pre = parser.add_argument_group("preprocessing (defaults: the sidecar, else ImageNet 224 RGB)")
+    pre = parser.add_argument_group("preprocessing (defaults: the sidecar, else the Hugging Face image processor's "
+                                    "or the timm model's, else ImageNet 224 RGB)")
     pre.add_argument("--size", type=int, nargs="+", metavar="PX", help="input size: S or H W")
     pre.add_argument("--mean", type=float, nargs="+")
     pre.add_argument("--std", type=float, nargs="+")
     pre.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
+
+
+DATA_HELP = ("image folder (class subfolders give labels), .parquet file or folder of shards (the Hugging Face "
+             "hub's layout, data/ included), WebDataset .tar shard or folder of them, .npz file, or 'demo'")
+
+
+def add_data_args(parser: argparse.ArgumentParser, positional: bool = True) -> None:
+    """The dataset (positional ``data``, or ``--data`` defaulting to the demo) and its column options."""
+    if positional:
+        parser.add_argument("data", help=DATA_HELP)
+    else:
+        parser.add_argument("--data", default="demo", help=f"dataset to open (default: the demo digits): {DATA_HELP}")
+    group = parser.add_argument_group("Parquet columns (default: found from the types and the hub's metadata)")
+    group.add_argument("--image-column", default=None, metavar="NAME",
+                       help="the column holding the images (the hub's Image struct or raw bytes)")
+    group.add_argument("--label-column", default=None, metavar="NAME",
+                       help="the column holding the labels (integers or class names); default: label/labels "
+                            "or the hub's ClassLabel, else unlabeled")
+
+
+def dataset_from_args(args: argparse.Namespace):
+    """The ImageDataset ``data`` and the column options describe."""
+    from netatlas.backend.datasets import load_dataset
+
+    return load_dataset(args.data, image_column=args.image_column, label_column=args.label_column)
 
 
 def add_cache_args(parser: argparse.ArgumentParser) -> None:
@@ -58,13 +85,16 @@ def checkpoint_path(given: str) -> Path:
     return demo_checkpoint() if given == "demo" else Path(given)
 
 
-def preprocessing_from_args(args: argparse.Namespace, path: Path):
-    """A Preprocessing when any of --size/--mean/--std/--grayscale is given (over the sidecar's)."""
-    from netatlas.backend.checkpoint import read_sidecar
+def preprocessing_from_args(args: argparse.Namespace, path: Path | None):
+    """A Preprocessing when any of --size/--mean/--std/--grayscale is given, over the model's own
+    (the sidecar's, the Hugging Face image processor's or the timm model's)."""
+    from netatlas.backend.checkpoint import default_preprocessing
     from netatlas.backend.preprocessing import Preprocessing
 
-    base = read_sidecar(path).get("preprocessing", {}) if path.is_file() else {}
-    return Preprocessing.overriding(base, size=args.size, mean=args.mean, std=args.std, grayscale=args.grayscale)
+    given = dict(size=args.size, mean=args.mean, std=args.std, grayscale=args.grayscale)
+    if all(v is None for v in given.values()):
+        return None
+    return Preprocessing.overriding(default_preprocessing(path, args.arch, args.arch_kwargs).to_dict(), **given)
 
 
 def load_from_args(args: argparse.Namespace):

@@ -1,8 +1,8 @@
 """Load a model from a checkpoint file, safely.
 
 Formats: a state_dict (.pt/.pth/.bin/.ckpt, bare or wrapped in ``state_dict``/``model_state_dict``,
-with DataParallel/Lightning/torch.compile prefixes), safetensors, TorchScript, and fully pickled
-modules. Pickles load with ``weights_only=True`` unless the user explicitly trusts the file, because
+with DataParallel/Lightning/torch.compile prefixes), safetensors, TorchScript, fully pickled
+modules, and Hugging Face ``save_pretrained`` folders (``hf_models``). Pickles load with ``weights_only=True`` unless the user explicitly trusts the file, because
 unpickling can run arbitrary code. A JSON sidecar next to the checkpoint (``model.json`` or
 ``model.pt.json``) may give the architecture, its kwargs, the classes and the preprocessing.
 """
@@ -10,7 +10,6 @@ unpickling can run arbitrary code. A JSON sidecar next to the checkpoint (``mode
 from __future__ import annotations
 
 import hashlib
-import json
 import pickle
 import re
 import zipfile
@@ -24,8 +23,11 @@ import torch
 from torch import nn
 
 from netatlas.backend.architectures import build_architecture, is_import_path
-from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.hf_models import (folder_hash, hf_classes, hf_folder, hf_preprocessing, load_hf_model,
+                                        read_json_object)
+from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.timm_models import timm_name, timm_preprocessing
 
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
 KEY_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
@@ -65,10 +67,19 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
                     device: str | torch.device = "cpu") -> LoadedModel:
     """Load ``path`` into an eval-mode model on ``device``; user-fixable problems raise NetatlasError."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise NetatlasError(f"checkpoint not found: {path}")
     sidecar = read_sidecar(path)
     arch = arch or sidecar.get("architecture")
+    folder = hf_folder(path)
+    if folder is not None and (path.is_dir() or not arch or arch.startswith("transformers:")):
+        loaded = _load_hf_folder(folder, sidecar, preprocessing, device)
+        if arch and not arch.startswith("transformers:"):
+            loaded.notes.append(f"--arch {arch} ignored: the class comes from config.json")
+        return loaded
+    if path.is_dir():
+        raise NetatlasError(f"{path} is a folder without config.json: give a checkpoint file, or a Hugging "
+                            "Face save_pretrained folder (config.json and its weights)")
     if arch_kwargs is None:
         arch_kwargs = dict(sidecar.get("arch_kwargs", {})) if arch == sidecar.get("architecture") else {}
     notes: list[str] = []
@@ -86,7 +97,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
             fmt, model = "state_dict", _model_from_state(find_state_dict(obj, path), arch, arch_kwargs, notes)
 
     if preprocessing is None:
-        preprocessing = _default_preprocessing(sidecar, arch)
+        preprocessing = default_preprocessing(path, arch, arch_kwargs, sidecar)
     classes = sidecar.get("classes")
     return LoadedModel(model.to(device).eval(), path, fmt, file_sha256(path), preprocessing,
                        arch if fmt in ("state_dict", "safetensors") else None, dict(arch_kwargs),
@@ -97,20 +108,38 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     """``model.json`` or ``model.pt.json`` beside the checkpoint, or {} when there is none."""
     for candidate in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
         if candidate.is_file() and candidate != path:
-            try:
-                data = json.loads(candidate.read_text())
-            except (OSError, ValueError) as exc:
-                raise NetatlasError(f"cannot read the sidecar {candidate.name}: {exc}") from exc
-            if not isinstance(data, dict):
-                raise NetatlasError(f"the sidecar {candidate.name} must hold a JSON object")
-            return data
+            return read_json_object(candidate, f"the sidecar {candidate.name}")
     return {}
 
 
-def _default_preprocessing(sidecar: dict[str, Any], arch: str | None) -> Preprocessing:
+def _load_hf_folder(folder: Path, sidecar: dict[str, Any], preprocessing: Preprocessing | None,
+                    device: str | torch.device) -> LoadedModel:
+    model, class_name, notes = load_hf_model(folder)
+    if preprocessing is None:
+        preprocessing = default_preprocessing(folder, None, None, sidecar)
+    classes = sidecar.get("classes") or hf_classes(folder)
+    return LoadedModel(model.to(device).eval(), folder, "transformers", folder_hash(folder), preprocessing,
+                       f"transformers:{class_name}", {}, list(classes) if classes else None, sidecar, notes)
+
+
+def default_preprocessing(path: Path | None, arch: str | None, arch_kwargs: dict[str, Any] | None = None,
+                          sidecar: dict[str, Any] | None = None) -> Preprocessing:
+    """What a model expects when nobody says otherwise: the sidecar's block, else the Hugging Face image
+    processor's or the timm model's own, else torchvision's ImageNet convention (224x224 RGB).
+
+    ``path`` None: an architecture alone, no checkpoint (``netatlas diagram none``)."""
+    exists = path is not None and path.exists()
+    sidecar = read_sidecar(path) if sidecar is None and exists else (sidecar or {})
     if "preprocessing" in sidecar:
         return Preprocessing.from_dict(sidecar["preprocessing"])
-    return Preprocessing()  # torchvision's ImageNet convention: 224x224 RGB, ImageNet mean/std
+    folder = hf_folder(path) if exists else None
+    if folder is not None and (not arch or arch.startswith("transformers:")):
+        return hf_preprocessing(folder) or Preprocessing()
+    arch = arch or sidecar.get("architecture")
+    name = timm_name(arch) or (dict(arch_kwargs or {}).get("model_name") if arch == "timm:create_model" else None)
+    if name:
+        return timm_preprocessing(name, arch_kwargs)
+    return Preprocessing()
 
 
 @lru_cache(maxsize=64)

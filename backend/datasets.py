@@ -1,17 +1,23 @@
-"""Image sets a model can see: an image folder, a .npz archive, or the built-in demo digits.
+"""Image sets a model can see: an image folder, a .npz archive, Parquet image tables as the Hugging Face
+hub stores them, WebDataset .tar shards, or the built-in demo digits.
 
 Every dataset has stable ids, integer labels (-1 when unlabeled), a manifest hash that keys the cache,
 and yields uint8 images so that display (thumbnails) and model input (Preprocessing) share one reader.
+The Parquet and tar formats live in their own modules (backend.parquet_images, backend.webdataset);
+what they share with this one (decoding bytes, counting undecodable rows, threaded batches) is here.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import threading
 import zipfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +29,9 @@ from netatlas.backend.errors import NetatlasError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 DEMO_NAME = "demo"
+SOURCES_HINT = "an image folder, a .parquet file or folder of shards, .tar shards, a .npz file, or 'demo'"
+DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+DECODE_CHUNK = 32  # images per thread-pool task: few tasks per batch, yet every thread busy
 
 
 @dataclass
@@ -38,6 +47,8 @@ class ImageDataset:
     skipped: list[str] = field(default_factory=list)
     meta: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     array: np.ndarray | None = field(default=None, repr=False)  # all images, when held in memory
+    decode_threads: int = 0  # > 0: batches() decodes in this process with that many threads
+    options: dict[str, str] = field(default_factory=dict)  # column options it was opened with
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,12 +78,18 @@ class ImageDataset:
         """(indices, model-ready float tensor) batches in dataset order.
 
         In-memory arrays are sliced and converted a whole batch at a time; files are decoded in
-        DataLoader workers so that decoding overlaps the forward pass.
+        DataLoader workers so that decoding overlaps the forward pass. Row-group and tar formats
+        (``decode_threads``) decode in this process's threads instead, one batch ahead, so their
+        row-group cache is shared and an undecodable row is counted in this ``skipped``.
         """
         if self.array is not None:
             for start in range(0, len(self), batch_size):
                 stop = min(start + batch_size, len(self))
                 yield torch.arange(start, stop), preprocessing.uint8_to_tensor(self.array[start:stop])
+            return
+        if self.decode_threads:
+            yield from _threaded_batches(_Decoded(self, preprocessing), _Collate(preprocessing),
+                                         batch_size, self.decode_threads)
             return
         if num_workers is None:
             num_workers = min(4, max(0, (os.cpu_count() or 1) - 1))
@@ -102,21 +119,90 @@ class _Collate:
 
     def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
         indices = torch.tensor([i for i, _ in items], dtype=torch.long)
-        return indices, self.preprocessing.uint8_to_tensor(np.stack([im for _, im in items]))
+        return indices, self.preprocessing.uint8_to_tensor(np.stack([im for _, im in items]), resized=True)
 
 
-def load_dataset(source: str | os.PathLike) -> ImageDataset:
-    """``demo``, a folder of images (class subfolders give labels), or a .npz with ``images``/``labels``."""
+def _threaded_batches(decoded: _Decoded, collate: _Collate, batch_size: int,
+                      threads: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches decoded by a thread pool (PIL releases the GIL), the next one queued while this one runs."""
+    n = len(decoded)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="netatlas-decode")
+
+    def submit(start: int) -> list[Future]:
+        stop = min(start + batch_size, n)
+        return [pool.submit(_decode_range, decoded, a, min(a + DECODE_CHUNK, stop))
+                for a in range(start, stop, DECODE_CHUNK)]
+
+    try:
+        ahead = submit(0)
+        for start in range(0, n, batch_size):
+            current, ahead = ahead, submit(start + batch_size)  # empty past the end
+            yield collate([item for future in current for item in future.result()])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_range(decoded: _Decoded, start: int, stop: int) -> list[tuple[int, np.ndarray]]:
+    return [decoded[i] for i in range(start, stop)]
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """What opens the same dataset again in another process (a Dask worker): its path and column options."""
+
+    path: str
+    image_column: str | None = None
+    label_column: str | None = None
+
+    def open(self) -> ImageDataset:
+        return load_dataset(self.path, image_column=self.image_column, label_column=self.label_column)
+
+
+def load_dataset(source: str | os.PathLike, image_column: str | None = None,
+                 label_column: str | None = None) -> ImageDataset:
+    """``demo``, a folder of images (class subfolders give labels), a .npz with ``images``/``labels``,
+    Parquet image tables (a file, a folder of shards, or the hub's ``data/`` layout) or WebDataset .tar
+    shards (a file or a folder). The column options apply to Parquet tables, which usually need none.
+    """
+    from netatlas.backend.webdataset import find_tar_shards, webdataset_dataset
+
     if str(source) == DEMO_NAME:
+        _no_columns("the demo", image_column, label_column)
         return demo_dataset()
     path = Path(source).expanduser()
     if not path.exists():
-        raise NetatlasError(f"dataset not found: {path}. Give an image folder, a .npz file, or 'demo'.")
+        raise NetatlasError(f"dataset not found: {path}. Give {SOURCES_HINT}.")
+    if _is_parquet_dataset(path, image_column):
+        from netatlas.backend.parquet_images import parquet_dataset
+
+        return parquet_dataset(path, image_column, label_column)
+    _no_columns(path.name, image_column, label_column)
+    if path.suffix == ".tar" or (path.is_dir() and find_tar_shards(path)):
+        return webdataset_dataset(path)
     if path.is_dir():
         return folder_dataset(path)
     if path.suffix == ".npz":
         return npz_dataset(path)
-    raise NetatlasError(f"unsupported dataset {path.name}: give an image folder, a .npz file, or 'demo'.")
+    raise NetatlasError(f"unsupported dataset {path.name}: give {SOURCES_HINT}.")
+
+
+def _is_parquet_dataset(path: Path, image_column: str | None) -> bool:
+    """A .parquet file, or a folder of Parquet shards (directly or in data/) unless those hold no images
+    and the folder does: an image folder with a results table saved in it stays an image folder."""
+    from netatlas.backend.parquet_images import find_parquet_shards, has_image_column
+
+    if path.suffix == ".parquet" or not path.is_dir():
+        return path.suffix == ".parquet"
+    shards = find_parquet_shards(path)
+    return bool(shards) and (bool(image_column) or has_image_column(shards[0]) or not any(
+        p.suffix.lower() in IMAGE_SUFFIXES for p in path.rglob("*")))
+
+
+def _no_columns(what: str, image_column: str | None, label_column: str | None) -> None:
+    """Column options name Parquet columns; given for another format they would silently do nothing."""
+    if image_column or label_column:
+        raise NetatlasError(f"--image-column and --label-column choose columns of Parquet tables; {what} "
+                            "is not one: leave them out")
 
 
 def folder_dataset(root: Path) -> ImageDataset:
@@ -137,8 +223,9 @@ def folder_dataset(root: Path) -> ImageDataset:
         digest.update(f"{r.as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     if not ids:
         raise NetatlasError(
-            f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}"
-            + (f"; {len(skipped)} unreadable files skipped)" if skipped else ")"))
+            f"no readable images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files, and for "
+            ".parquet or .tar shards here or in data/" + (f"; {len(skipped)} unreadable files skipped)" if skipped
+                                                           else "): give a folder that holds some"))
     return ImageDataset(root.name, ids, np.asarray(labels, dtype=np.int64), classes,
                         digest.hexdigest(), _FileReader(root, ids), skipped)
 
@@ -151,13 +238,58 @@ class _FileReader:
 
     def __call__(self, i: int) -> np.ndarray:
         try:
-            with Image.open(self.root / self.ids[i]) as im:
-                if im.mode.startswith("I"):  # 16-bit grayscale: scale to 8 bits (convert("L") clips)
-                    deep = np.asarray(im).astype(np.float64)
-                    return np.rint(np.clip(deep, 0, 65535) / 257.0).astype(np.uint8)
-                return np.asarray(im.convert("RGB" if im.mode not in ("L", "1") else "L"))
+            return decode_image(self.root / self.ids[i])
         except (OSError, UnidentifiedImageError, ValueError):
             return np.zeros((8, 8), dtype=np.uint8)
+
+
+def decode_image(source: str | os.PathLike | io.BytesIO) -> np.ndarray:
+    """An image file (or its bytes) as uint8 [H, W] or [H, W, 3] at native size; PIL's errors pass through."""
+    with Image.open(source) as im:
+        if im.mode.startswith("I"):  # 16-bit grayscale: scale to 8 bits (convert("L") clips)
+            deep = np.asarray(im).astype(np.float64)
+            return np.rint(np.clip(deep, 0, 65535) / 257.0).astype(np.uint8)
+        return np.asarray(im.convert("RGB" if im.mode not in ("L", "1") else "L"))
+
+
+class EncodedReader:
+    """``read(i)`` over encoded image bytes (a Parquet row, a tar member): subclasses give ``encoded(i)``.
+
+    Bytes that do not decode read as a small black image, like a corrupt file in a folder, and the
+    row's id is appended once to ``skipped`` (the dataset's own list, so the count reaches the user;
+    a pickled copy appends to its copy). Attributes starting with ``_`` (locks, caches) are per
+    process: they are dropped on pickling and made afresh by ``_fresh``. Safe to call from threads.
+    """
+
+    def __init__(self, root: Path, ids: list[str], skipped: list[str]) -> None:
+        self.root, self.ids, self.skipped = root, ids, skipped
+        self._fresh()
+
+    def _fresh(self) -> None:
+        self._lock, self._counted = threading.Lock(), set(self.skipped)
+
+    def encoded(self, i: int) -> bytes | None:
+        raise NotImplementedError
+
+    def __call__(self, i: int) -> np.ndarray:
+        data = self.encoded(i)  # a corrupt shard raises NetatlasError here: not a per-row problem
+        try:
+            if not data:
+                raise ValueError("no image bytes")
+            return decode_image(io.BytesIO(data))
+        except Exception:  # PIL raises many types for corrupt data; any of them means "black, counted"
+            with self._lock:
+                if self.ids[i] not in self._counted:
+                    self._counted.add(self.ids[i])
+                    self.skipped.append(self.ids[i])
+            return np.zeros((8, 8), dtype=np.uint8)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fresh()
 
 
 def _readable(path: Path) -> bool:

@@ -6,13 +6,17 @@ load, so no other path on the server is readable from a page.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from netatlas.backend.datasets import DEMO_NAME, IMAGE_SUFFIXES
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.hf_models import hf_folder, is_saved_model
 
+SHARD_SUFFIXES = frozenset({".parquet", ".tar"})
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl"})
 SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".cache"})
 
@@ -48,16 +52,29 @@ class AllowedRoots:
         return [p for p in self._walk() if p.is_file() and self._inside(p)]
 
     def checkpoints(self) -> list[Path]:
-        """Checkpoint-like files under the roots."""
-        return [p for p in self.files() if p.suffix in CHECKPOINT_SUFFIXES]
-
-    def datasets(self) -> list[Path]:
-        """``.npz`` files and folders holding images (directly or in class subfolders)."""
+        """Checkpoint-like files, and Hugging Face save_pretrained folders (one entry each, their weight
+        files not listed again), under the roots."""
         found = []
         for p in self._walk():
-            if p.is_file() and p.suffix == ".npz" and self._inside(p):
+            if p.is_dir() and is_saved_model(p) and self._inside(p):
                 found.append(p)
-            elif p.is_dir() and _holds_images(p):
+            elif (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES and self._inside(p)
+                  and hf_folder(p.parent) is None):
+                found.append(p)
+        return found
+
+    def datasets(self) -> list[Path]:
+        """``.npz``, ``.parquet`` and ``.tar`` files, and folders holding images (directly or in class
+        subfolders), Parquet shards (directly or in ``data/``) or .tar shards: a folder of shards is one
+        entry, its shards are not listed again."""
+        found, shard_folder = [], functools.cache(_shard_folder)  # each folder probed once per scan
+        for p in self._walk():
+            if p.is_file() and self._inside(p):
+                if p.suffix == ".npz" or (p.suffix in SHARD_SUFFIXES and not _in_shard_folder(p, shard_folder)
+                                          and (p.suffix != ".parquet" or _image_table(p))):
+                    found.append(p)
+            elif p.is_dir() and (_holds_images(p)
+                                 or (shard_folder(p) and not _in_shard_folder(p, shard_folder))):
                 found.append(p)
         return found
 
@@ -97,3 +114,34 @@ def _holds_images(folder: Path, probe: int = 50) -> bool:
         except OSError:
             continue
     return False
+
+
+def _shards(folder: Path, suffix: str) -> list[Path]:
+    try:
+        return sorted(Path(e.path) for e in os.scandir(folder)
+                      if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file())
+    except OSError:
+        return []
+
+
+def _shard_folder(folder: Path) -> bool:
+    """Two or more .tar or Parquet image shards, or (the hub's layout) Parquet image shards in ``data/``.
+
+    A single shard is listed as its file; Parquet files count only when they hold images.
+    """
+    direct = _shards(folder, ".parquet")
+    parquet = direct if len(direct) >= 2 else _shards(folder / "data", ".parquet")
+    return len(_shards(folder, ".tar")) >= 2 or (bool(parquet) and _image_table(parquet[0]))
+
+
+def _in_shard_folder(path: Path, shard_folder: Callable[[Path], bool]) -> bool:
+    """True for a shard, or the ``data/`` folder, of a folder that is listed as one dataset."""
+    parent = path.parent
+    return shard_folder(parent) or (parent.name == "data" and shard_folder(parent.parent))
+
+
+def _image_table(path: Path) -> bool:
+    """A Parquet file with an image column (its footer only): result tables of netatlas are not datasets."""
+    from netatlas.backend.parquet_images import has_image_column
+
+    return has_image_column(path)

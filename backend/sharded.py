@@ -1,10 +1,10 @@
 """Extraction sharded over Dask workers, one Parquet part per shard, read back through dask.dataframe.
 
-Workers load the model and the dataset themselves (checkpoint path + dataset source), so nothing
-large is pickled and a remote worker needs only the same files at the same paths. Shards start on
-multiples of the batch size, so every batch a worker runs is a batch of the single-process pass:
-the parts together are bitwise equal to its result. ``_manifest.json`` is written last; a folder
-without one is an interrupted run and is never read.
+Workers load the model and the dataset themselves (checkpoint path + DatasetSource: the dataset's path
+and column options), so nothing large is pickled and a remote worker needs only the same files at
+the same paths. Shards start on multiples of the batch size, so every batch a worker runs is a batch
+of the single-process pass: the parts together are bitwise equal to its result. ``_manifest.json``
+is written last; a folder without one is an interrupted run and is never read.
 
 Only this module imports dask, and only when called: the single-machine path needs no Dask.
 """
@@ -12,6 +12,7 @@ Only this module imports dask, and only when called: the single-machine path nee
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -29,7 +30,7 @@ from netatlas.backend.activations import (Activations, Progress, Reduction, acti
                                           extract_activations)
 from netatlas.backend.cache import arrow_to_vectors, atomic_file, cache_key, canonical_json, write_parquet_atomic
 from netatlas.backend.checkpoint import LoadedModel, load_checkpoint
-from netatlas.backend.datasets import DEMO_NAME, ImageDataset, load_dataset
+from netatlas.backend.datasets import DEMO_NAME, DatasetSource, ImageDataset
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.errors import NetatlasError
 
@@ -81,9 +82,13 @@ def shard_ranges(n: int, shards: int, batch_size: int) -> list[tuple[int, int]]:
     return [(start, min(stop, n)) for start, stop in zip(edges, edges[1:])] if n else []
 
 
-def portable_source(source: str | os.PathLike) -> str:
-    """The dataset source as workers should see it: ``demo``, else an absolute path."""
-    return DEMO_NAME if str(source) == DEMO_NAME else str(Path(source).expanduser().resolve())
+def portable_source(source: str | os.PathLike | DatasetSource) -> DatasetSource:
+    """The dataset source as workers should see it: ``demo``, else an absolute path, with its column options."""
+    if not isinstance(source, DatasetSource):
+        source = DatasetSource(str(source))
+    if source.path == DEMO_NAME:
+        return source
+    return dataclasses.replace(source, path=str(Path(source.path).expanduser().resolve()))
 
 
 # ------------------------------------------------------------------------------------ on the workers
@@ -95,11 +100,11 @@ def _worker_model(spec_key: str) -> tuple[LoadedModel, threading.Lock]:
 
 
 @lru_cache(maxsize=2)
-def _worker_dataset(source: str) -> ImageDataset:
-    return load_dataset(source)
+def _worker_dataset(source: DatasetSource) -> ImageDataset:
+    return source.open()
 
 
-def _dataset_facts(source: str) -> tuple[int, str]:
+def _dataset_facts(source: DatasetSource) -> tuple[int, str]:
     dataset = _worker_dataset(source)
     return len(dataset), dataset.manifest_hash
 
@@ -114,13 +119,14 @@ def _use_worker_threads() -> None:
         torch.set_num_threads(threads)
 
 
-def _extract_part(spec: ModelSpec, source: str, manifest_hash: str, layers: list[str],
+def _extract_part(spec: ModelSpec, source: DatasetSource, manifest_hash: str, layers: list[str],
                   reduction: Reduction, start: int, stop: int, batch_size: int, path: str) -> int:
     """One shard: the forward pass over images start..stop, written atomically to ``path``."""
     _use_worker_threads()
     dataset = _worker_dataset(source)
     if dataset.manifest_hash != manifest_hash:
-        raise NetatlasError(f"the dataset {source} differs between Dask workers: give every worker the same files")
+        raise NetatlasError(f"the dataset {source.path} differs between Dask workers: give every worker the "
+                            "same files")
     loaded, lock = _worker_model(spec.key())
     daemonic = multiprocessing.current_process().daemon  # may not start DataLoader processes
     with lock:
@@ -132,8 +138,8 @@ def _extract_part(spec: ModelSpec, source: str, manifest_hash: str, layers: list
 
 # ------------------------------------------------------------------------------------ on the client
 
-def extract_sharded(spec: ModelSpec, source: str | os.PathLike, layers: list[str], reduction: Reduction,
-                    out_dir: str | os.PathLike, client: "Client", batch_size: int = 256,
+def extract_sharded(spec: ModelSpec, source: str | os.PathLike | DatasetSource, layers: list[str],
+                    reduction: Reduction, out_dir: str | os.PathLike, client: "Client", batch_size: int = 256,
                     progress: Progress | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the extraction as one Dask task per shard into ``out_dir``; returns the manifest.
 

@@ -20,7 +20,7 @@ from netatlas.backend.checkpoint import LoadedModel
 from netatlas.backend.circuit.graph import Circuit
 from netatlas.backend.circuit.trace import example_input, trace_circuit
 from netatlas.backend.cluster.tree import ClusterTree, TreeSettings, build_cluster_tree
-from netatlas.backend.datasets import DEMO_NAME, ImageDataset
+from netatlas.backend.datasets import DEMO_NAME, DatasetSource, ImageDataset
 from netatlas.backend.embedding import EmbedSettings, Embedding, embed
 from netatlas.backend.facets import FacetReport, FacetSettings, build_facets, penultimate_layer
 from netatlas.backend.featviz import FeatvizSettings, Objective
@@ -125,17 +125,18 @@ class Workspace:
             elif progress:
                 progress(len(self.dataset), len(self.dataset))
         if manifest["dataset"] != self.dataset.manifest_hash:
-            raise NetatlasError(f"the Dask workers read another dataset from {self._dataset_source()} than "
+            raise NetatlasError(f"the Dask workers read another dataset from {self._dataset_source().path} than "
                                 "this process holds: give them the same files at the same path")
         return parts_to_activations(out_dir, layers, reduction)
 
-    def _dataset_source(self) -> str:
-        """What workers pass to ``load_dataset``: the given source, else the demo or the folder's root."""
+    def _dataset_source(self) -> DatasetSource:
+        """What workers open: the given source, else the demo or the folder's (or shards') root, with the
+        column options the dataset was opened with."""
         root = getattr(self.dataset.read, "root", None)
         source = self.source or (DEMO_NAME if self.dataset.name == DEMO_NAME else root)
         if source is None:
             raise NetatlasError("extracting on Dask needs the dataset's path (Workspace source=...)")
-        return str(source)
+        return DatasetSource(str(source), **self.dataset.options)
 
     def _write(self, fresh: Activations, layers: list[str], reduction: Reduction) -> None:
         self.cache.write("outputs", self._inputs(), activation_table(self.dataset, fresh, layers=()),

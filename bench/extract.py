@@ -13,9 +13,10 @@ and prints ``name: value`` lines plus two ratios against the baselines measured 
 * ``throughput_ratio`` = bare_loop_s / extract_write_s   (target >= 0.9)
 * ``cache_read_fraction`` = cache_read_s / extract_write_s  (target <= 0.05)
 
-Models: ``demo`` (the bundled residual CNN on the 5,000 demo digits, 28x28 grayscale) and
+Models: ``demo`` (the bundled residual CNN on the 5,000 demo digits, 28x28 grayscale),
 ``resnet18`` (torchvision, untrained, 10 classes, on the demo digits made 64x64 RGB and tinted,
-loaded from a temp .npz). Each timing is the best (min) of a few repeats after an untimed warm-up;
+loaded from a temp .npz) and ``hf_vit`` (a ViT-Tiny-shaped Hugging Face ViTForImageClassification
+saved with save_pretrained and opened as a folder, on the same 64x64 digits). Each timing is the best (min) of a few repeats after an untimed warm-up;
 baseline and extraction alternate order between repeats so machine noise hits both alike.
 On CPU it also prints ``throughput_ratio_batchwise``: both runs timed per batch (through the
 progress callback), each batch's best across repeats summed, which is steadier when other processes
@@ -23,7 +24,7 @@ load the machine. ``--breakdown`` additionally times the pieces of an extraction
 reductions, host copies, Parquet writes) to show where it loses time. Timings never gate: the exit
 code is 0 unless the benchmark itself fails (e.g. the cache reads back other values).
 
-    python bench/extract.py [--device auto] [--quick] [--models demo,resnet18] [--repeats N]
+    python bench/extract.py [--device auto] [--quick] [--models demo,resnet18,hf_vit] [--repeats N]
                             [--breakdown]
 """
 
@@ -95,6 +96,24 @@ def resnet18_case(n: int, repeats: int, tmp: Path) -> Case:
     dataset = npz_dataset(npz)
     layers = ["layer1", "layer2", "layer3", "layer4", "avgpool"]
     return Case("resnet18", loaded, dataset, layers, repeats)
+
+
+def hf_vit_case(n: int, repeats: int, tmp: Path) -> Case:
+    """A ViT-Tiny-shaped ViTForImageClassification (12 layers, width 192, 16 px patches at 64 px: 17
+    tokens) saved with save_pretrained and opened as a Hugging Face folder, with its image processor."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    folder = tmp / "hf-vit"
+    config = ViTConfig(image_size=64, patch_size=16, num_hidden_layers=12, hidden_size=192, num_attention_heads=3,
+                       intermediate_size=768, num_labels=10)
+    ViTForImageClassification(config).save_pretrained(folder)
+    ViTImageProcessor(size={"height": 64, "width": 64}).save_pretrained(folder)
+    loaded = load_checkpoint(folder)
+    npz = tmp / "digits64_rgb_vit.npz"
+    np.savez(npz, **rgb_digits(n, size=64))
+    layers = [f"vit.layers.{i}" for i in range(0, 12, 3)] + ["vit.layernorm"]
+    return Case("hf_vit", loaded, npz_dataset(npz), layers, repeats)
 
 
 def rgb_digits(n: int, size: int) -> dict[str, np.ndarray]:
@@ -375,16 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     ap.add_argument("--quick", action="store_true", help="small N and one repeat: a smoke run")
-    ap.add_argument("--models", default="demo,resnet18", help="comma list of demo, resnet18")
+    ap.add_argument("--models", default="demo,resnet18,hf_vit", help="comma list of demo, resnet18, hf_vit")
     ap.add_argument("--repeats", type=int, default=None,
                     help="repeats per timing (default: 3 for demo, 2 for resnet18, 1 with --quick)")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the pieces of an extraction (hooks, copies, Parquet)")
     args = ap.parse_args(argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = sorted(set(models) - {"demo", "resnet18"})
+    unknown = sorted(set(models) - {"demo", "resnet18", "hf_vit"})
     if unknown or not models:
-        ap.error(f"unknown model(s) {', '.join(unknown) or '(none)'}: use demo, resnet18")
+        ap.error(f"unknown model(s) {', '.join(unknown) or '(none)'}: use demo, resnet18, hf_vit")
     if args.repeats is not None and args.repeats < 1:
         ap.error("--repeats must be at least 1")
     try:
@@ -403,9 +422,11 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             if m == "demo":
                 case = demo_case(1000 if args.quick else None, args.repeats or (1 if args.quick else 3))
-            else:
+            elif m == "resnet18":
                 case = resnet18_case(500 if args.quick else 5000,
                                      args.repeats or (1 if args.quick else 2), tmp)
+            else:
+                case = hf_vit_case(500 if args.quick else 3000, args.repeats or (1 if args.quick else 2), tmp)
             run_case(case, device, tmp, args.breakdown)
             out(f"{m}.bench_wall_s", f"{time.perf_counter() - t0:.1f}")
             del case

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from netatlas.app.arguments import add_serve_args
-from netatlas.backend.arguments import (add_cache_args, add_dask_args, add_model_args, load_from_args,
-                                        preprocessing_from_args)
+from netatlas.backend.arguments import (add_cache_args, add_dask_args, add_data_args, add_model_args,
+                                        dataset_from_args, load_from_args, preprocessing_from_args)
 from netatlas.backend.errors import NetatlasError
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = sub.add_parser("extract", help="activations of chosen layers on a dataset, to Parquet")
     add_model_args(extract)
-    extract.add_argument("data", help="image folder, .npz file, or 'demo'")
+    add_data_args(extract)
     extract.add_argument("--layers", nargs="+", default=[], metavar="NAME",
                          help="module names (see `netatlas info`); logits are always kept")
     extract.add_argument("-o", "--output", required=True, type=Path, help="output .parquet file")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     paths = sub.add_parser("paths", help="residual-expansion path plots (Veit trio, order-k, lesions)")
     add_model_args(paths)
-    paths.add_argument("data", help="image folder, .npz file, or 'demo'")
+    add_data_args(paths)
     paths.add_argument("-o", "--output", required=True, type=Path, help="folder for the plots and tables")
     paths.add_argument("--units", nargs="+", default=None, metavar="MODULE",
                        help="residual modules to use (default: every one found; `module#i` for one add)")
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     featviz = sub.add_parser("featviz", help="multifaceted feature visualization of one unit")
     add_model_args(featviz)
-    featviz.add_argument("data", help="image folder, .npz file, or 'demo'")
+    add_data_args(featviz)
     featviz.add_argument("--layer", default="", help="module name (default: the class logits)")
     featviz.add_argument("--unit", type=int, required=True, help="channel, feature or class index")
     featviz.add_argument("-k", type=int, default=4, help="facets, 1-10 (default 4)")
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cluster = sub.add_parser("cluster", help="the dataset's cluster tree (DendroMap), cached in Parquet")
     add_model_args(cluster)
-    cluster.add_argument("data", help="image folder, .npz file, or 'demo'")
+    add_data_args(cluster)
     cluster.add_argument("--layer", default=None,
                          help="representation to cluster (default: the penultimate layer; '' for the logits)")
     cluster.add_argument("--reduction", choices=("mean", "max"), default="mean")
@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     embed = sub.add_parser("embed", help="2-D UMAP map of a representation (the Map tab), cached in Parquet")
     add_model_args(embed)
-    embed.add_argument("data", help="image folder, .npz file, or 'demo'")
+    add_data_args(embed)
     embed.add_argument("--layer", default=None,
                        help="representation to map (default: the penultimate layer; '' for the logits)")
     embed.add_argument("--reduction", choices=("mean", "max"), default="mean")
@@ -215,15 +215,13 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from netatlas.backend.datasets import load_dataset
-
-    dataset = load_dataset(args.data)
-    if dataset.skipped:
-        print(f"skipped {len(dataset.skipped)} unreadable files (first: {dataset.skipped[0]})", file=sys.stderr)
+    dataset = dataset_from_args(args)
     with contextlib.ExitStack() as resources:
         workspace = workspace_from_args(args, dataset, args.batch_size, resources)
         with progress_bar("extract", "img") as progress:
             acts = workspace.activations(args.layers, args.reduction, progress)
+    if dataset.skipped:  # after the pass: rows of Parquet and tar shards are found unreadable while decoding
+        print(f"skipped {len(dataset.skipped)} unreadable images (first: {dataset.skipped[0]})", file=sys.stderr)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(workspace.table(acts), args.output, compression="zstd")
     acc = (acts.predictions == dataset.labels)[dataset.labels >= 0].mean() if dataset.labeled else None
@@ -233,12 +231,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
-    from netatlas.backend.datasets import load_dataset
     from netatlas.backend.residual.paths import PathSettings
     from netatlas.viz.residual import residual_figures
     from netatlas.viz.styling import export
 
-    workspace = workspace_from_args(args, load_dataset(args.data))
+    workspace = workspace_from_args(args, dataset_from_args(args))
     settings = PathSettings(images=args.images, samples=args.samples)
     with progress_bar("residual paths", "pass") as progress:
         report = workspace.residual_paths(args.units, settings, progress)
@@ -257,13 +254,12 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
 def cmd_featviz(args: argparse.Namespace) -> int:
     from PIL import Image
-    from netatlas.backend.datasets import load_dataset
     from netatlas.backend.facets import FacetSettings
     from netatlas.backend.featviz import FeatvizSettings
     from netatlas.backend.neurons import top_bottom
     from netatlas.viz.facets import neuron_card, save_card
 
-    dataset = load_dataset(args.data)
+    dataset = dataset_from_args(args)
     workspace = workspace_from_args(args, dataset)
     facet_settings = FacetSettings(k=args.k, start=args.start, seed=args.seed)
     featviz_settings = FeatvizSettings(optimizer=args.optimizer, steps=args.steps, diversity=args.diversity,
@@ -298,11 +294,10 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     import numpy as np
 
     from netatlas.backend.cluster.tree import TreeSettings
-    from netatlas.backend.datasets import load_dataset
 
     if args.exact_threshold < 1 or args.micro_size < 2 or not 1 <= args.k <= 1000:
         raise NetatlasError("--exact-threshold must be >= 1, --micro-size >= 2 and -k between 1 and 1000")
-    dataset = load_dataset(args.data)
+    dataset = dataset_from_args(args)
     workspace = workspace_from_args(args, dataset)
     settings = TreeSettings(exact_threshold=args.exact_threshold, micro_size=args.micro_size)
     with progress_bar("cluster", "step") as progress:
@@ -330,12 +325,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from netatlas.backend.datasets import load_dataset
     from netatlas.backend.embedding import EmbedSettings, default_seed
 
     if args.neighbors < 2 or args.fit_sample < 3 or not 0 <= args.min_dist <= 1:
         raise NetatlasError("--neighbors must be >= 2, --fit-sample >= 3 and --min-dist between 0 and 1")
-    dataset = load_dataset(args.data)
+    dataset = dataset_from_args(args)
     seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed
     settings = EmbedSettings(method=args.method, n_neighbors=args.neighbors, min_dist=args.min_dist,
                              fit_sample=args.fit_sample, seed=seed)
@@ -365,6 +359,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_diagram(args: argparse.Namespace) -> int:
+    from netatlas.backend.checkpoint import default_preprocessing
     from netatlas.backend.circuit.trace import architecture_circuit, example_input, trace_circuit
     from netatlas.viz.circuit import FORMATS, DiagramStyle, export, parse_names
 
@@ -375,8 +370,8 @@ def cmd_diagram(args: argparse.Namespace) -> int:
     if args.checkpoint == "none":
         if not args.arch:
             raise NetatlasError("'none' draws an architecture without weights: give it with --arch")
-        pre = preprocessing_from_args(args, Path())
-        shape = (1, 3, 224, 224) if pre is None else (1, pre.channels, *pre.size)
+        pre = preprocessing_from_args(args, None) or default_preprocessing(None, args.arch, args.arch_kwargs)
+        shape = (1, pre.channels, *pre.size)
         circuit = architecture_circuit(args.arch, args.arch_kwargs, shape, args.input_key)
     else:
         loaded = load_from_args(args)

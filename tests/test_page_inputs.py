@@ -13,13 +13,13 @@ BLANK = {"size": "", "grayscale": None, "mean": "", "std": ""}
 
 
 def test_blank_fields_keep_the_sidecar():
-    assert parse_preprocessing(BLANK, {"size": [28, 28], "grayscale": True}) is None
+    assert parse_preprocessing(BLANK, lambda: {"size": [28, 28], "grayscale": True}) is None
 
 
 def test_fields_override_the_sidecar_field_by_field():
-    pre = parse_preprocessing({**BLANK, "size": "64 32"}, {"grayscale": True, "mean": [0.5], "std": [0.25]})
+    pre = parse_preprocessing({**BLANK, "size": "64 32"}, lambda: {"grayscale": True, "mean": [0.5], "std": [0.25]})
     assert (pre.size, pre.grayscale, pre.mean, pre.std) == ((64, 32), True, (0.5,), (0.25,))
-    pre = parse_preprocessing({**BLANK, "size": "28", "grayscale": True, "mean": "0.1307", "std": "0.3081"}, {})
+    pre = parse_preprocessing({**BLANK, "size": "28", "grayscale": True, "mean": "0.1307", "std": "0.3081"}, dict)
     assert (pre.size, pre.channels, pre.mean, pre.std) == ((28, 28), 1, (0.1307,), (0.3081,))
 
 
@@ -29,7 +29,7 @@ def test_fields_override_the_sidecar_field_by_field():
 ])
 def test_bad_fields_are_user_errors(fields, message):
     with pytest.raises(NetatlasError, match=message):
-        parse_preprocessing(fields, {})
+        parse_preprocessing(fields, dict)
 
 
 def test_kwargs_must_be_a_json_object():

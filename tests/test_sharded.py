@@ -201,3 +201,22 @@ def test_cli_extract_on_dask_equals_the_single_process_cli(client, digits_npz, t
     assert single.equals(on_dask)
     assert addresses == ["local"]
     assert any((tmp_path / "dask" / "activations-parts").glob(f"*/{MANIFEST}"))
+
+
+def test_parquet_column_options_reach_the_workers(client, loaded, tmp_path):
+    """A table opened with --image-column/--label-column is opened the same way on every worker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from netatlas.backend.datasets import load_dataset
+    from netatlas.backend.workspace import Workspace
+    from tests.shard_builders import encode, spread_digits, write_shards
+
+    images, labels = spread_digits(80)
+    table = pa.table({"thumb": pa.array([encode(im[::2, ::2]) for im in images]),  # found first by default
+                      "pixels": pa.array([encode(im) for im in images]), "target": pa.array(labels)})
+    write_shards(tmp_path / "digits", table, 2)
+    dataset = load_dataset(tmp_path / "digits", image_column="pixels", label_column="target")
+    single = extract_activations(loaded.model, dataset, loaded.preprocessing, ["pool"], batch_size=16, device="cpu")
+    acts = Workspace(loaded, dataset, ResultCache(tmp_path / "cache"), "cpu", 16, dask=client).activations(["pool"])
+    assert np.array_equal(acts.logits, single.logits) and np.array_equal(acts.layers["pool"], single.layers["pool"])

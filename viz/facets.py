@@ -81,9 +81,9 @@ def _strip(images: Sequence[np.ndarray]) -> np.ndarray:
         return np.zeros((8, 8), dtype=np.uint8)
     h, w = images[0].shape[:2]
     rgb = any(im.ndim == 3 for im in images)
-    tiles = [np.repeat(im[..., None], 3, -1) if rgb and im.ndim == 2 else im for im in images]
+    tiles = [_fitted(np.repeat(im[..., None], 3, -1) if rgb and im.ndim == 2 else im, h, w) for im in images]
     gap = np.full((h, 1, 3) if rgb else (h, 1), 255, dtype=np.uint8)
-    return np.concatenate([part for tile in tiles for part in (tile[:h, :w], gap)][:-1], axis=1)
+    return np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
 
 
 def _show(ax: plt.Axes, image: np.ndarray) -> None:
@@ -97,3 +97,12 @@ def save_card(fig: plt.Figure, path: str | Path, dpi: int = 200) -> Path:
     fig.savefig(path, dpi=dpi if path.suffix == ".png" else None)
     plt.close(fig)
     return path
+
+
+def _fitted(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` at height x width (exemplars from a folder of mixed sizes share one strip)."""
+    if image.shape[:2] == (height, width):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))

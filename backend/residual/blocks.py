@@ -11,6 +11,8 @@ skip (Veit et al.'s path-length measurement) and records branch and skip norms.
 from __future__ import annotations
 
 import contextlib
+import copy
+import inspect
 import operator
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
@@ -84,14 +86,45 @@ class _Combine(nn.Module):
 
 
 class _BlockTracer(torch.fx.Tracer):
-    """Traces a module, keeping already-found blocks (and torch.nn's own layers) as leaves."""
+    """Traces one module's own forward with every submodule call kept as one node.
 
-    def __init__(self, leaves: set[nn.Module]) -> None:
-        super().__init__()
-        self.leaves = leaves
+    An add found is then the module's own (a child's adds are found when the child is traced), and
+    children fx cannot enter (shape arithmetic in Hugging Face attention) do no harm.
+    """
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return m in self.leaves or super().is_leaf_module(m, qualname)
+        return True
+
+
+def _traceable(module: nn.Module) -> nn.Module:
+    """``module``, or a shallow stand-in whose forward fx can read.
+
+    Hugging Face wraps layer forwards in ``forward_with_checkpointing(self, *args, **kwargs)`` (and
+    adds ``**kwargs`` of its own): fx would make proxies of the varargs and fail to unpack them. The
+    stand-in shares the module's children and parameters and calls the unwrapped forward with its
+    named arguments only.
+    """
+    cls = type(module)
+    inner = inspect.unwrap(cls.forward)
+    params = list(inspect.signature(inner).parameters.values())
+    if inner is cls.forward and all(p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return module
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    namespace = {"inner": inner}
+    exec(f"def forward({', '.join(names)}):\n    return inner({', '.join(names)})", namespace)
+    stand_in_class = type(cls.__name__, (cls,), {})
+    stand_in_class.forward = namespace["forward"]   # after the class exists: HF's __init_subclass__ re-wraps
+    stand_in = copy.copy(module)
+    stand_in.__class__ = stand_in_class
+    return stand_in
+
+
+def _keep_defaults(graph: torch.fx.Graph, module: nn.Module) -> None:
+    """Placeholders keep their parameters' defaults, so the traced forward is called as the module is."""
+    params = inspect.signature(inspect.unwrap(type(module).forward)).parameters
+    for node in graph.nodes:
+        if node.op == "placeholder" and node.target in params and params[node.target].default is not inspect.Parameter.empty:
+            node.args = (params[node.target].default,)
 
 
 def _ancestors(node: torch.fx.Node) -> set[torch.fx.Node]:
@@ -131,37 +164,35 @@ def _residual_adds(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, int]]:
     return found
 
 
-def _trace(module: nn.Module, leaves: set[nn.Module]) -> torch.fx.GraphModule | None:
+def _trace(module: nn.Module) -> torch.fx.GraphModule | None:
     try:
-        graph = _BlockTracer(leaves).trace(module)
+        graph = _BlockTracer().trace(_traceable(module))
     except Exception:  # control flow on tensor values, unsupported ops: not a traceable block
         return None
+    _keep_defaults(graph, module)
     return torch.fx.GraphModule(module, graph)
 
 
 def find_residual_units(model: nn.Module) -> list[ResidualUnit]:
-    """Every residual add in ``model``, innermost modules first claimed, in definition order."""
+    """Every residual add in ``model``, in definition order: each module's own adds, its children kept whole."""
     modules = list(model.named_modules())
     order = {name: i for i, (name, _) in enumerate(modules)}
-    claimed: dict[str, nn.Module] = {}
     units: list[ResidualUnit] = []
-    for name, module in reversed(modules):  # children are visited before their parents
+    for name, module in modules:
         kind = type(module).__name__
         if isinstance(module, _TRANSFORMER_LAYERS):
             parts = ["self-attention", "feed-forward"] if isinstance(module, nn.TransformerEncoderLayer) \
                 else ["self-attention", "cross-attention", "feed-forward"]
             units += [ResidualUnit(name, i, kind, f"{name} {p}") for i, p in enumerate(parts)]
-            claimed[name] = module
             continue
         if not any(True for _ in module.children()):
             continue
-        gm = _trace(module, set(claimed.values()))
+        gm = _trace(module)
         adds = _residual_adds(gm.graph) if gm is not None else []
         if adds:
             for i in range(len(adds)):
                 label = name or "(model)"
                 units.append(ResidualUnit(name, i, kind, label if len(adds) == 1 else f"{label} add {i}"))
-            claimed[name] = module
     return sorted(units, key=lambda u: (order[u.module], u.index))
 
 
@@ -227,15 +258,11 @@ def gated(model: nn.Module, units: list[ResidualUnit]) -> Iterator[ResidualGate]
     by_module: dict[str, list[int]] = {}
     for i, unit in enumerate(units):
         by_module.setdefault(unit.module, []).append(i)
-    # Modules holding units stay leaves when their parents are traced, as when they were found.
-    holders = {u.module for u in find_residual_units(model)} if any(
-        not isinstance(modules[name], _TRANSFORMER_LAYERS) for name in by_module) else set()
     patched: list[nn.Module] = []
     try:
         for name, indices in by_module.items():
             module = modules[name]
-            leaves = {modules[m] for m in holders if m != name and (not name or m.startswith(name + "."))}
-            module.__dict__["forward"] = _gated_forward(module, indices, units, gate, leaves)
+            module.__dict__["forward"] = _gated_forward(module, indices, units, gate)
             patched.append(module)
         yield gate
     finally:
@@ -243,12 +270,11 @@ def gated(model: nn.Module, units: list[ResidualUnit]) -> Iterator[ResidualGate]
             module.__dict__.pop("forward", None)
 
 
-def _gated_forward(module: nn.Module, indices: list[int], units: list[ResidualUnit], gate: ResidualGate,
-                   leaves: set[nn.Module]) -> Callable:
+def _gated_forward(module: nn.Module, indices: list[int], units: list[ResidualUnit], gate: ResidualGate) -> Callable:
     prefix = units[indices[0]].module
     if isinstance(module, _TRANSFORMER_LAYERS):
         return _transformer_forward(module, {units[i].index: i for i in indices}, gate)
-    gm = _trace(module, leaves)
+    gm = _trace(module)
     adds = _residual_adds(gm.graph) if gm is not None else []
     wanted = {units[i].index: i for i in indices}
     if gm is None or max(wanted) >= len(adds):
@@ -264,4 +290,8 @@ def _gated_forward(module: nn.Module, indices: list[int], units: list[ResidualUn
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
     gm.recompile()
-    return gm.forward
+    accepted = {n.target for n in gm.graph.nodes if n.op == "placeholder"}
+
+    def forward(*args, **kwargs):   # keyword options the traced forward fixed (HF's **kwargs) are dropped
+        return gm(*args, **{k: v for k, v in kwargs.items() if k in accepted})
+    return forward

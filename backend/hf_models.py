@@ -1,0 +1,167 @@
+"""Hugging Face ``save_pretrained`` folders: config.json, the weights, and preprocessor_config.json.
+
+The model class is the one config.json's ``architectures`` names (else AutoModelForImageClassification,
+else AutoModel); transformers reads the weights from the folder alone (``local_files_only``: never the
+hub), safetensors or ``torch.load(weights_only=True)``, sharded or not. Class names come from
+``id2label``, preprocessing from the image processor's config. The models' forward takes the pixel
+batch as its first argument and returns a ModelOutput, which ``activations.first_tensor`` reads by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from netatlas.backend.errors import NetatlasError
+from netatlas.backend.preprocessing import Preprocessing
+
+CONFIG = "config.json"
+PROCESSOR = "preprocessor_config.json"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def hf_folder(path: Path) -> Path | None:
+    """The save_pretrained folder ``path`` is, or holds the weights of (config.json beside them)."""
+    folder = path if path.is_dir() else path.parent
+    return folder if (folder / CONFIG).is_file() and (path.is_dir() or path.name in _weight_names(folder)) else None
+
+
+def is_saved_model(folder: Path) -> bool:
+    """A folder the sidebar offers: config.json and weights (a stray config.json is not a model)."""
+    try:
+        return hf_folder(folder) is not None and bool(_weight_names(folder))
+    except NetatlasError:   # an unreadable shard index: offered all the same, the load will say why
+        return True
+
+
+def _weight_names(folder: Path) -> set[str]:
+    """Weight files of a folder, shards included (model-00001-of-00002.safetensors)."""
+    names = {name for name in WEIGHTS if (folder / name).is_file()}
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            names |= set(read_json_object(folder / index).get("weight_map", {}).values())
+    return names
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return read_json_object(folder / CONFIG)
+
+
+def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
+    """A JSON file holding an object (configs, sidecars); anything else is a NetatlasError naming ``label``."""
+    label = label or f"{path.parent.name}/{path.name}"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NetatlasError(f"cannot read {label}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise NetatlasError(f"{label} must hold a JSON object")
+    return data
+
+
+def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str]]:
+    """(model in eval mode, its class name, notes) from a save_pretrained folder, offline."""
+    import torch
+    import transformers
+
+    config = read_config(folder)
+    if not _weight_names(folder):
+        raise NetatlasError(f"{folder.name} has a config.json but no weights (model.safetensors or "
+                            "pytorch_model.bin, sharded or not): save the model with save_pretrained")
+    named = (config.get("architectures") or [None])[0]
+    candidates = [getattr(transformers, str(named), None)] if named else [
+        transformers.AutoModelForImageClassification, transformers.AutoModel]
+    if not (isinstance(candidates[0], type) and hasattr(candidates[0], "from_pretrained")):
+        raise NetatlasError(f"{folder.name}/config.json names the class {named}, which transformers "
+                            f"{transformers.__version__} does not have: upgrade transformers, or fix 'architectures'")
+    transformers.utils.logging.disable_progress_bar()
+    dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+    for i, cls in enumerate(candidates):
+        try:
+            model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **dtype)
+            break
+        except Exception as exc:   # a truncated shard, a mismatched config, a missing file: many types
+            if isinstance(exc, ValueError) and i + 1 < len(candidates):
+                continue           # an Auto class that does not map this config type: try the next
+            raise NetatlasError(f"{folder.name}: transformers could not load it ({_first_line(exc)})") from exc
+    notes = [f"loaded with transformers {transformers.__version__} as {type(model).__name__}"]
+    return model.eval(), type(model).__name__, notes
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def hf_classes(folder: Path) -> list[str] | None:
+    """Class names in label order from config.json's ``id2label``."""
+    id2label = read_config(folder).get("id2label") or {}
+    try:
+        ordered = sorted((int(i), str(name)) for i, name in id2label.items())
+    except (TypeError, ValueError):
+        return None
+    return [name for _, name in ordered] if ordered else None
+
+
+def folder_hash(folder: Path) -> str:
+    """Content hash of the config and every weight file (each memoized by path, size and mtime)."""
+    from netatlas.backend.checkpoint import file_sha256
+
+    digest = hashlib.sha256(b"hf-folder-v1")
+    for name in sorted({CONFIG, *_weight_names(folder)}):
+        digest.update(f"{name}\0{file_sha256(folder / name)}\n".encode())
+    return digest.hexdigest()
+
+
+def hf_preprocessing(folder: Path) -> Preprocessing | None:
+    """What the folder's image processor does, as a Preprocessing; None without preprocessor_config.json."""
+    if not (folder / PROCESSOR).is_file():
+        return None
+    cfg = read_json_object(folder / PROCESSOR)
+    channels = int(read_config(folder).get("num_channels", 3))
+    size, resize = _sizes(cfg)
+    factor = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
+    # x * factor on 0..255 pixels is x/255 * (255 * factor): fold that into mean and std
+    scale = 255.0 * factor
+    if cfg.get("do_normalize", True) and cfg.get("image_mean") is not None:
+        mean = [float(m) / scale for m in _listed(cfg["image_mean"])]
+        std = [float(s) / scale for s in _listed(cfg.get("image_std", [1.0]))]
+    else:
+        mean, std = [0.0], [1.0 / scale]
+    return Preprocessing(size=size, grayscale=channels == 1, mean=tuple(mean), std=tuple(std), resize=resize,
+                         interpolation=PIL_FILTERS.get(cfg.get("resample", 2), "bilinear"))
+
+
+def _listed(value: Any) -> list[float]:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _sizes(cfg: dict[str, Any]) -> tuple[tuple[int, int], int | None]:
+    """((H, W) the model sees, shorter-edge resize before the centre crop or None) from an image processor.
+
+    ``size`` is {height, width} (resize straight), {shortest_edge} (resize the shorter edge, then crop
+    to ``crop_size``; ConvNeXt's processors crop ``shortest_edge / crop_pct`` back to ``shortest_edge``
+    below 384 px) or, in older configs, one number.
+    """
+    size = cfg.get("size", 224)
+    size = {"height": size, "width": size} if isinstance(size, (int, float)) else dict(size)
+    crop = cfg.get("crop_size")
+    crop = {"height": crop, "width": crop} if isinstance(crop, (int, float)) else crop
+    cropped = cfg.get("do_center_crop", False) and crop
+    if "shortest_edge" in size:
+        edge = int(size["shortest_edge"])
+        if "crop_pct" in cfg and cfg.get("crop_pct") and edge < 384:
+            return (edge, edge), int(edge / float(cfg["crop_pct"]))
+        if cropped:
+            return (int(crop["height"]), int(crop["width"])), edge
+        return (edge, edge), edge       # no crop asked for: a square batch needs one all the same
+    hw = (int(size["height"]), int(size["width"]))
+    if cropped and (int(crop["height"]), int(crop["width"])) != hw:
+        raise NetatlasError(f"{PROCESSOR}: resizing to {hw} and then cropping is not supported; "
+                            "give the preprocessing in a sidecar instead")
+    return hw, None
