@@ -32,7 +32,7 @@ ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
 
 
-class DendroMapView(param.Parameterized):
+class DendroMapView(pn.viewable.Viewer):
     def __init__(self, state: AppState, neurons: NeuronsView, **params) -> None:
         super().__init__(**params)
         self.state, self.neurons = state, neurons
@@ -150,8 +150,12 @@ class DendroMapView(param.Parameterized):
         result = await self.state.run(f"Clustering {len(ws.dataset):,} images on {layer}", work)
         if result is None or ws is not self.state.workspace or layer != self.layer.value:
             return
-        self.tree, self.vectors, predictions = result
-        dataset = ws.dataset
+        self.show(*result)
+
+    def show(self, tree: ClusterTree, vectors: np.ndarray, predictions: np.ndarray) -> None:
+        """Show a built tree from its root (the page builds off the event loop, a notebook in its cell)."""
+        self.tree, self.vectors = tree, vectors
+        dataset = self.state.workspace.dataset
         self.data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
         self._filter, self._side_key, self._unit_means = (None, None), None, (None, None, None)
         self.path, self.image, self.external = [self.tree.root], None, None

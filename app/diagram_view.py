@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from pathlib import Path
 
 import panel as pn
 import param
@@ -12,7 +13,7 @@ from netatlas.app.state import AppState
 from netatlas.backend.circuit.graph import Circuit, CircuitView
 from netatlas.backend.workspace import Workspace
 from netatlas.backend.errors import NetatlasError
-from netatlas.viz.circuit import FORMATS, DiagramStyle, parse_names, render, symbol_table
+from netatlas.viz.circuit import FORMATS, DiagramStyle, export, parse_names, render, symbol_table
 
 ABOUT = ("Tensors are stacks of wires, one per axis, labelled with size symbols (hover a wire for sizes); "
          "boxes are operations, **bold** when learned (L+ = Linear with bias); a dot copies a tensor, "
@@ -20,7 +21,7 @@ ABOUT = ("Tensors are stacks of wires, one per axis, labelled with size symbols 
          "blocks in a row (Abbott, *Neural Circuit Diagrams*, 2024).")
 
 
-class DiagramView(param.Parameterized):
+class DiagramView(pn.viewable.Viewer):
     """Traces the model once per workspace; every control change redraws from that circuit."""
 
     def __init__(self, state: AppState, **params) -> None:
@@ -76,6 +77,10 @@ class DiagramView(param.Parameterized):
             self._tracing = None
         if circuit is None or ws is not self.state.workspace:
             return
+        self.show(circuit)
+
+    def show(self, circuit: Circuit) -> None:
+        """Draw a traced circuit (the page traces off the event loop, a notebook in its cell)."""
         self.circuit = circuit
         modules = list(dict.fromkeys(s for op in circuit.ops.values() for s in op.scope))
         deepest = max((m.count(".") + 1 for m in modules), default=1)
@@ -116,6 +121,12 @@ class DiagramView(param.Parameterized):
             self.state.error("Open the Diagram tab on a loaded model first")
             return None
         return io.BytesIO(render(self.view, fmt, self.style(), dpi=int(self.dpi.value)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the diagram as drawn now (fold, layout, names) to ``path``: .svg .pdf .png .tex."""
+        if self.view is None:
+            raise NetatlasError("no diagram drawn yet: show the Diagram view on a loaded model first")
+        return export(self.view, path, self.style(), dpi=int(self.dpi.value))
 
     def __panel__(self) -> pn.viewable.Viewable:
         controls = pn.Row(self.depth, pn.Column(pn.pane.Markdown("Layout", margin=(0, 5)), self.layout),

@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import panel as pn
-import param
 
 from netatlas.app.state import AppState
 from netatlas.backend.facets import FacetReport, FacetSettings
@@ -20,7 +19,7 @@ OPTIMIZERS = {"paper (normalized ascent, TV, jitter, growing canvas)": "paper",
 STARTS = {"facet mean image (the paper)": "mean", "random noise (baseline)": "noise"}
 
 
-class FacetsView(param.Parameterized):
+class FacetsView(pn.viewable.Viewer):
     """Controls and results; ``unit()`` tells which layer ("" = logits) and unit to visualize."""
 
     def __init__(self, state: AppState, unit, values, **params) -> None:
@@ -60,6 +59,10 @@ class FacetsView(param.Parameterized):
             lambda progress: ws.facets(layer, unit, facet_settings, featviz_settings, progress))
         if report is None or (layer, unit) != self.current_unit() or ws is not self.state.workspace:
             return
+        self.show(report)
+
+    def show(self, report: FacetReport) -> None:
+        """Show the synthetic images beside their exemplars, and offer the card."""
         self.report = report
         self.results.object = facets_html(report, self._exemplar_images(report))
         self.download.disabled = False

@@ -33,7 +33,7 @@ ABOUT = ("A Kolmogorov-Arnold network computes y_j = Σ_i φ_ij(x_i) + c_j in ev
          "the heatmap (tap a cell) or the list; each curve shows its input's data behind it and its knots.")
 
 
-class KANView(param.Parameterized):
+class KANView(pn.viewable.Viewer):
     """Reads one KAN per Open; every control change redraws from that analysis."""
 
     def __init__(self, state: AppState, **params) -> None:
@@ -137,6 +137,10 @@ class KANView(param.Parameterized):
             read_kan(path, family=family, options=options, sample=sample, trust_pickle=self.state.config.trust_pickle)))
         if analysis is None:
             return
+        self.show(analysis, path)
+
+    def show(self, analysis: KANAnalysis, path: Path) -> None:
+        """Draw an analysed KAN read from ``path``: its network, the first layer's heatmap and curves."""
         self.analysis, self.fits = analysis, {}
         with self._quiet():
             self.layer.param.update(options={analysis.layer_label(i): i for i in range(len(analysis.network.layers))},

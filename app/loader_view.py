@@ -27,7 +27,7 @@ TRUST_HELP = ("Pickled checkpoints can run any code while loading. Tick only for
               "or fully trust; otherwise only tensors are read.")
 
 
-class LoaderView(param.Parameterized):
+class LoaderView(pn.viewable.Viewer):
     """Widgets that describe what to open, and the Load button that opens it."""
 
     def __init__(self, state: AppState, **params) -> None:

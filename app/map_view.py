@@ -21,7 +21,7 @@ from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
 from netatlas.backend.class_stats import class_stats
-from netatlas.backend.embedding import EmbedSettings, default_seed
+from netatlas.backend.embedding import EmbedSettings, Embedding, default_seed
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.embedding import MapPoints, legend_html, render
@@ -35,7 +35,7 @@ COLOR_BY = {"Class": "class", "Predicted class": "predicted", "Correct / misclas
 METHODS = {"UMAP": "umap", "PCA (fast)": "pca"}
 
 
-class MapView(param.Parameterized):
+class MapView(pn.viewable.Viewer):
     def __init__(self, state: AppState, neurons: NeuronsView, dendromap: DendroMapView, **params) -> None:
         super().__init__(**params)
         self.state, self.neurons, self.dendromap = state, neurons, dendromap
@@ -125,7 +125,12 @@ class MapView(param.Parameterized):
         result = await self.state.run(label, work)
         if result is None or ws is not self.state.workspace or layer != self.layer.value:
             return
-        embedding, self.vectors, self.predictions = result
+        self.show(*result)
+
+    def show(self, embedding: Embedding, vectors: np.ndarray, predictions: np.ndarray) -> None:
+        """Show a computed map (the page computes off the event loop, a notebook in its cell)."""
+        ws, name = self.state.workspace, "" if self.layer.value == LOGITS else self.layer.value
+        self.vectors, self.predictions = vectors, predictions
         self.points = MapPoints.build(embedding.xy, ws.dataset.labels, self.predictions, ws.dataset.classes)
         self.selection, self._colouring, self._pending = None, None, []
         self.summary.object = (

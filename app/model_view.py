@@ -9,7 +9,7 @@ from netatlas.app.state import AppState
 from netatlas.backend.workspace import Workspace
 
 
-class ModelView(param.Parameterized):
+class ModelView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
         self.state = state

@@ -10,6 +10,7 @@ import param
 
 from netatlas.app.facets_view import FacetsView
 from netatlas.app.state import AppState
+from netatlas.backend.activations import Activations
 from netatlas.backend.neurons import class_means, top_bottom
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.images import image_grid_html
@@ -35,7 +36,7 @@ def layer_options(modules: pd.DataFrame, logits_label: str) -> dict[str, str]:
             **{f"{r.name}  ({r.type}, {r.units} units)": r.name for r in usable.itertuples()}}
 
 
-class NeuronsView(param.Parameterized):
+class NeuronsView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
         self.state = state
@@ -95,6 +96,11 @@ class NeuronsView(param.Parameterized):
                                     lambda progress: ws.activations(layers, reduction, progress))
         if acts is None or (ws, layer, reduction) != (self.workspace, self.layer.value, self.reduction.value):
             return  # failed, or the user moved on while it ran
+        self.show(acts)
+
+    def show(self, acts: Activations) -> None:
+        """Show the chosen layer's units from its activations (computed off the event loop by the page)."""
+        layer = self.layer.value
         self.values = acts.logits if layer == LOGITS else acts.layers[layer]
         self.predictions = acts.predictions
         units = self.values.shape[1]

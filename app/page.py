@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import holoviews as hv
 import panel as pn
 
@@ -27,26 +29,34 @@ def load_extensions() -> None:
         _extension_loaded = True
 
 
+def build_views(state: AppState) -> dict[str, Any]:
+    """The page's views by tab name, linked as the page links them (the notebook shows these same objects)."""
+    neurons = NeuronsView(state)
+    dendromap = DendroMapView(state, neurons)
+    return {"Model": ModelView(state), "Diagram": DiagramView(state), "Neurons": neurons, "DendroMap": dendromap,
+            "Map": MapView(state, neurons, dendromap), "Residual": ResidualView(state), "KAN": KANView(state)}
+
+
 def create_app(config: AppConfig) -> pn.template.base.BasePage:
     """The page: sidebar to choose what to open; tabs for the views. Opens the configured model."""
     load_extensions()
     state = AppState(config)
     loader = LoaderView(state)
-    neurons = NeuronsView(state)
-    dendromap = DendroMapView(state, neurons)
-    embedding_map = MapView(state, neurons, dendromap)
-    diagram = DiagramView(state)
-    views = [("Model", ModelView(state)), ("Diagram", diagram), ("Neurons", neurons), ("DendroMap", dendromap),
-             ("Map", embedding_map), ("Residual", ResidualView(state)), ("KAN", KANView(state))]
-    tabs = pn.Tabs(*views, dynamic=False, sizing_mode="stretch_width")
-
-    async def on_tab(event) -> None:  # the diagram, tree and map are computed when their tab is first shown
-        for view in (diagram, dendromap, embedding_map):
-            view.shown = views[event.new][1] is view
-            await view.activate()
-    tabs.param.watch(on_tab, "active")
     template = pn.template.FastListTemplate(
-        title="netatlas", sidebar=[loader], main=[tabs], sidebar_width=320,
+        title="netatlas", sidebar=[loader], main=[view_tabs(build_views(state))], sidebar_width=320,
         accent_base_color="#3b6ea8", header_background="#2c4f7c")
     pn.state.onload(loader.load)
     return template
+
+
+def view_tabs(views: dict[str, Any]) -> pn.Tabs:
+    """The views as tabs; the diagram, tree and map are computed when their tab is first shown."""
+    tabs = pn.Tabs(*views.items(), dynamic=False, sizing_mode="stretch_width")
+    lazy = [views[name] for name in ("Diagram", "DendroMap", "Map")]
+
+    async def on_tab(event) -> None:
+        for view in lazy:
+            view.shown = list(views.values())[event.new] is view
+            await view.activate()
+    tabs.param.watch(on_tab, "active")
+    return tabs

@@ -25,7 +25,7 @@ ABOUT = ("For a batch of held-out images: each unit's branch against its skip; V
          "Jacobian-gain estimate, beside idealised C(n,k) lambda^k curves; and lesions.")
 
 
-class ResidualView(param.Parameterized):
+class ResidualView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
         self.state = state

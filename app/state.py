@@ -20,6 +20,7 @@ from netatlas.backend.errors import NetatlasError
 log = logging.getLogger(__name__)
 # Shared by all sessions: torch already parallelizes inside one job; more jobs would just contend.
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netatlas")
+ERROR = "**Error:**"   # how the status line starts after a failure (the notebook raises it instead)
 
 
 class Cancelled(NetatlasError):
@@ -74,6 +75,6 @@ class AppState(param.Parameterized):
         return result
 
     def error(self, message: str) -> None:
-        self.status.object = f"**Error:** {message}"
+        self.status.object = f"{ERROR} {message}"
         if pn.state.notifications is not None:
             pn.state.notifications.error(message, duration=10000)

@@ -1,0 +1,253 @@
+"""netatlas in a notebook: ``na.open(checkpoint, data)`` gives an Atlas whose views are the page's own.
+
+Each view method first computes what the view needs in the calling thread, with a tqdm progress bar,
+through the same Workspace and Parquet cache as the page and the CLI (so a map computed here opens at
+once in the served page); it then hands the view object itself, which a notebook shows live and which
+``.servable()`` serves. Thumbnails are inline data URIs, since a notebook has no /thumb route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any, Callable, Coroutine, Iterator, Sequence
+
+import pandas as pd
+import panel as pn
+
+from netatlas.app.config import AppConfig
+from netatlas.app.neurons_view import LOGITS
+from netatlas.app.page import build_views, load_extensions, view_tabs
+from netatlas.app.state import ERROR, AppState
+from netatlas.backend.activations import Reduction
+from netatlas.backend.cache import ResultCache
+from netatlas.backend.checkpoint import load_checkpoint
+from netatlas.backend.datasets import load_dataset
+from netatlas.backend.demo import assets_dir, demo_checkpoint
+from netatlas.backend.errors import NetatlasError
+from netatlas.backend.facets import FacetSettings
+from netatlas.backend.featviz import FeatvizSettings
+from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.residual.paths import PathSettings
+from netatlas.backend.roots import AllowedRoots
+from netatlas.backend.workspace import Workspace
+
+
+def open(checkpoint: str | Path = "demo", data: str | Path = "demo", arch: str | None = None,  # noqa: A001
+         arch_kwargs: dict[str, Any] | None = None, *, trust_pickle: bool = False, device: str = "auto",
+         cache_dir: str | Path | None = None, preprocessing: Preprocessing | None = None,
+         image_column: str | None = None, label_column: str | None = None) -> "Atlas":
+    """One model and one dataset, as the page opens them: a checkpoint file, a Hugging Face folder or
+    "demo"; an image folder, Parquet, tar shards, a .npz or "demo". Pickled modules stay refused
+    unless ``trust_pickle``; any path is readable (a notebook user owns their files)."""
+    path = demo_checkpoint() if str(checkpoint) == "demo" else Path(checkpoint).expanduser()
+    loaded = load_checkpoint(path, arch, arch_kwargs, trust_pickle=trust_pickle, preprocessing=preprocessing)
+    dataset = load_dataset(data, image_column=image_column, label_column=label_column)
+    cache = ResultCache(Path(cache_dir) if cache_dir is not None else None)
+    workspace = Workspace(loaded, dataset, cache, device, source=str(data))
+    roots = [assets_dir(), *(Path(p).resolve().parent for p in (checkpoint, data) if str(p) != "demo")]
+    config = AppConfig(checkpoint=str(checkpoint), data=str(data), arch=arch, arch_kwargs=arch_kwargs,
+                       roots=AllowedRoots.of(*roots), cache_dir=cache.root, device=device,
+                       trust_pickle=trust_pickle, image_column=image_column, label_column=label_column)
+    return Atlas(workspace, config)
+
+
+def kan(checkpoint: str | Path = "demo", sample: str | Path | None = None, family: str | None = None,
+        *, trust_pickle: bool = False) -> Any:
+    """The KAN view on ``checkpoint`` ("demo": the shipped pykan KAN), opened and drawn; a pickled
+    module stays refused unless ``trust_pickle``."""
+    from netatlas.backend.kan.demo import demo_kan
+
+    path = (demo_kan() if str(checkpoint) == "demo" else Path(checkpoint).expanduser()).resolve()
+    roots = [assets_dir(), path.parent] + ([Path(sample).resolve().parent] if sample else [])
+    load_extensions()
+    state = AppState(AppConfig(roots=AllowedRoots.of(*roots), trust_pickle=trust_pickle))
+    view = build_views(state)["KAN"]
+    view.checkpoint.value = str(path)
+    if sample is not None:
+        view.sample.value = str(Path(sample).resolve())
+    if family is not None:
+        view.family.value = family
+    _checked(state, view._on_open)
+    return view
+
+
+class Atlas:
+    """One model and dataset (the Workspace the page uses), with the page's views and its results."""
+
+    def __init__(self, workspace: Workspace, config: AppConfig) -> None:
+        load_extensions()
+        self.workspace = workspace
+        self.state = AppState(config)
+        self.views = build_views(self.state)
+        _checked(self.state, lambda: setattr(self.state, "workspace", workspace))   # as on the page's Load
+
+    def __repr__(self) -> str:
+        loaded, dataset = self.workspace.loaded, self.workspace.dataset
+        return (f"Atlas({loaded.path.name}: {loaded.arch or loaded.format}, {dataset.name}: "
+                f"{len(dataset):,} images)")
+
+    # ---- results ---------------------------------------------------------------------------------
+    def activations(self, layers: Sequence[str] = (), reduction: Reduction = "mean") -> pd.DataFrame:
+        """One row per image: index, id, label, prediction, logits and one vector column per layer."""
+        with _progress("activations", "img") as progress:
+            acts = self.workspace.activations(list(layers), reduction, progress)
+        return self.workspace.table(acts).to_pandas()
+
+    @property
+    def modules(self) -> pd.DataFrame:
+        """The module tree the Model view shows: names, types, output shapes, parameters."""
+        return self.workspace.modules
+
+    # ---- views -----------------------------------------------------------------------------------
+    def model(self) -> Any:
+        """The module tree with output shapes and parameter counts."""
+        return self.views["Model"]
+
+    def neurons(self, layer: str | None = None, unit: int = 0) -> Any:
+        """Top and bottom images and the histogram of one unit (``layer`` "": the logits)."""
+        view = self.views["Neurons"]
+        if layer is not None:
+            self._warm(lambda p: self.workspace.activations([layer] if layer else [], view.reduction.value, p))
+            view.layer.value = layer or LOGITS
+        view.unit.value = unit
+        _checked(self.state, view._on_layer)
+        return view
+
+    def facets(self, layer: str, unit: int, k: int = 4, steps: int = 200) -> Any:
+        """One synthetic image per facet of what the unit detects, beside its exemplars."""
+        view = self.neurons(layer, unit).facets
+        view.k.value, view.steps.value = k, steps
+        self._warm(lambda p: self.workspace.facets(layer, unit, FacetSettings(k=k), FeatvizSettings(steps=steps), p))
+        _checked(self.state, view._on_run)
+        return view
+
+    def dendromap(self, layer: str | None = None) -> Any:
+        """The zoomable treemap of the images' hierarchical clusters (``layer`` "": the logits)."""
+        view = self.views["DendroMap"]
+        if layer is not None:
+            view.layer.value = layer or LOGITS
+        name = self._layer_name(view)
+        with _progress("clustering", "step") as progress:
+            tree = self.workspace.cluster_tree(name, progress=progress)
+            _, vectors, acts = self.workspace.representation(name)
+        view.show(tree, vectors, acts.predictions)
+        view.shown = True
+        return view
+
+    def map(self, color: str = "class", method: str = "umap", layer: str | None = None) -> Any:
+        """The datashader embedding map: ``color`` class, predicted, correct, cluster, value or density."""
+        from netatlas.app.map_view import COLOR_BY, METHODS
+        from netatlas.backend.embedding import EmbedSettings, default_seed
+
+        view = self.views["Map"]
+        view.color_by.value = _label_of(COLOR_BY, color, "color")
+        view.method.value = _label_of(METHODS, method, "method")
+        if layer is not None:
+            view.layer.value = layer or LOGITS
+        name = self._layer_name(view)
+        settings = EmbedSettings(method=METHODS[view.method.value], seed=default_seed(len(self.workspace.dataset)))
+        with _progress("mapping", "step") as progress:
+            embedding = self.workspace.embedding(name, settings=settings, progress=progress)
+            _, vectors, acts = self.workspace.representation(name)
+        view.show(embedding, vectors, acts.predictions)
+        view.shown = True
+        return view
+
+    def diagram(self, fold_depth: int | None = None) -> Any:
+        """The neural circuit diagram; ``.save("fig.pdf")`` writes it (.svg .pdf .png .tex)."""
+        view = self.views["Diagram"]
+        if view.circuit is None:
+            view.show(self.workspace.circuit)
+        view.depth.value = fold_depth or 0
+        view.shown = True
+        return view
+
+    def residual(self, units: Sequence[str] | None = None, images: int = 256, samples: int = 8) -> Any:
+        """Residual-expansion path plots: paths by length, gradient per length, orders, lesions."""
+        view = self.views["Residual"]
+        if units is not None:
+            view.units.value = list(units)
+        view.images.value, view.samples.value = images, samples
+        settings = PathSettings(images=images, samples=samples)
+        self._warm(lambda p: self.workspace.residual_paths(list(view.units.value), settings, p))
+        _checked(self.state, view._on_compute)
+        return view
+
+    def app(self) -> pn.viewable.Viewable:
+        """Every view as the page's tabs, on this workspace; ``.servable()`` serves it."""
+        return view_tabs(self.views)
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _warm(self, compute: Callable[[Callable[[int, int], None]], Any]) -> None:
+        """Compute into the cache here, with a progress bar; the view then reads it at once."""
+        with _progress("computing", "step") as progress:
+            compute(progress)
+
+    @staticmethod
+    def _layer_name(view: Any) -> str:
+        """The backend's name of a view's chosen representation ("" for the logits)."""
+        return "" if view.layer.value == LOGITS else view.layer.value
+
+
+def _label_of(options: dict[str, str], value: str, what: str) -> str:
+    """The widget label of a backend value (``"class"`` -> "Class")."""
+    for label, key in options.items():
+        if value in (key, label):
+            return label
+    raise NetatlasError(f"unknown {what} {value!r}: use one of {', '.join(options.values())}")
+
+
+def _checked(state: AppState, work: Callable[[], Coroutine | None]) -> None:
+    """``_run(work)``, raising what the page would have shown as an error (views report through the state)."""
+    state.status.object = ""
+    _run(work)
+    message = state.status.object
+    if message.startswith(ERROR):
+        raise NetatlasError(message[len(ERROR):].strip())
+
+
+def _run(work: Callable[[], Coroutine | None]) -> None:
+    """Run a view's own coroutine (or a change that triggers its async watchers) to completion.
+
+    Outside a running event loop Panel runs async watchers synchronously. In a notebook the kernel's
+    loop is running and cannot be waited on from the cell, so the work runs in a thread of its own,
+    where it finishes before the cell returns the view.
+    """
+    def complete() -> None:
+        result = work()
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        complete()
+        return
+    failure: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            complete()
+        except BaseException as exc:   # re-raised in the cell below
+            failure.append(exc)
+    worker = threading.Thread(target=guarded, name="netatlas-notebook")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+
+
+@contextlib.contextmanager
+def _progress(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar (the notebook widget when ipywidgets is there) driven by (done, total) callbacks."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit=unit, leave=False) as bar:
+        def progress(done: int, total: int) -> None:
+            if bar.total != total:
+                bar.total = total
+            bar.update(done - bar.n)
+        yield progress
