@@ -19,14 +19,22 @@ from netatlas.app.residual_view import ResidualView
 from netatlas.app.state import AppState
 
 _extension_loaded = False
+SYSTEM_FONTS = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
 
 
 def load_extensions() -> None:
     global _extension_loaded
     if not _extension_loaded:
+        offline_fonts()
         pn.extension("tabulator", notifications=True, sizing_mode="stretch_width")
         hv.extension("bokeh", logo=False)
         _extension_loaded = True
+
+
+def offline_fonts() -> None:
+    """Keep Panel's Fast design from linking its web font from another host (an air-gapped cluster cannot
+    reach it, and the request would tell that host who opened the page); the page uses system fonts."""
+    pn.theme.Fast._resources = {key: value for key, value in pn.theme.Fast._resources.items() if key != "font"}
 
 
 def build_views(state: AppState) -> dict[str, Any]:
@@ -44,7 +52,7 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     loader = LoaderView(state)
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[view_tabs(build_views(state))], sidebar_width=320,
-        accent_base_color="#3b6ea8", header_background="#2c4f7c")
+        accent_base_color="#3b6ea8", header_background="#2c4f7c", font=SYSTEM_FONTS)
     pn.state.onload(loader.load)
     return template
 
