@@ -163,11 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar on stderr, driven by the backend's (done, total) progress callbacks."""
-    from tqdm import tqdm
+def progress_bar(desc: str, unit: str, notebook: bool = False) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar driven by the backend's (done, total) progress callbacks: on stderr for the CLI, or
+    ``tqdm.auto``'s (the notebook widget where ipywidgets is installed), cleared when done, for a notebook."""
+    if notebook:
+        from tqdm.auto import tqdm
+        options = {"leave": False}
+    else:
+        from tqdm import tqdm
+        options = {"file": sys.stderr}
 
-    with tqdm(unit=unit, desc=desc, file=sys.stderr) as bar:
+    with tqdm(unit=unit, desc=desc, **options) as bar:
         def progress(done: int, total: int) -> None:
             if bar.total != total:
                 bar.total = total

@@ -9,10 +9,9 @@ once in the served page); it then hands the view object itself, which a notebook
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterator, Sequence
+from typing import Any, Callable, Coroutine, Sequence
 
 import pandas as pd
 import panel as pn
@@ -33,6 +32,7 @@ from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.residual.paths import PathSettings
 from netatlas.backend.roots import AllowedRoots
 from netatlas.backend.workspace import Workspace
+from netatlas.cli import progress_bar
 
 
 def open(checkpoint: str | Path = "demo", data: str | Path = "demo", arch: str | None = None,  # noqa: A001
@@ -92,7 +92,7 @@ class Atlas:
     # ---- results ---------------------------------------------------------------------------------
     def activations(self, layers: Sequence[str] = (), reduction: Reduction = "mean") -> pd.DataFrame:
         """One row per image: index, id, label, prediction, logits and one vector column per layer."""
-        with _progress("activations", "img") as progress:
+        with progress_bar("activations", "img", notebook=True) as progress:
             acts = self.workspace.activations(list(layers), reduction, progress)
         return self.workspace.table(acts).to_pandas()
 
@@ -130,7 +130,7 @@ class Atlas:
         if layer is not None:
             view.layer.value = layer or LOGITS
         name = self._layer_name(view)
-        with _progress("clustering", "step") as progress:
+        with progress_bar("clustering", "step", notebook=True) as progress:
             tree = self.workspace.cluster_tree(name, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
         view.show(tree, vectors, acts.predictions)
@@ -149,7 +149,7 @@ class Atlas:
             view.layer.value = layer or LOGITS
         name = self._layer_name(view)
         settings = EmbedSettings(method=METHODS[view.method.value], seed=default_seed(len(self.workspace.dataset)))
-        with _progress("mapping", "step") as progress:
+        with progress_bar("mapping", "step", notebook=True) as progress:
             embedding = self.workspace.embedding(name, settings=settings, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
         view.show(embedding, vectors, acts.predictions)
@@ -183,7 +183,7 @@ class Atlas:
     # ---- helpers ---------------------------------------------------------------------------------
     def _warm(self, compute: Callable[[Callable[[int, int], None]], Any]) -> None:
         """Compute into the cache here, with a progress bar; the view then reads it at once."""
-        with _progress("computing", "step") as progress:
+        with progress_bar("computing", "step", notebook=True) as progress:
             compute(progress)
 
     @staticmethod
@@ -238,16 +238,3 @@ def _run(work: Callable[[], Coroutine | None]) -> None:
     worker.join()
     if failure:
         raise failure[0]
-
-
-@contextlib.contextmanager
-def _progress(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
-    """A tqdm bar (the notebook widget when ipywidgets is there) driven by (done, total) callbacks."""
-    from tqdm.auto import tqdm
-
-    with tqdm(desc=desc, unit=unit, leave=False) as bar:
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
-        yield progress
