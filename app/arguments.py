@@ -19,7 +19,19 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                         help="another host name the page may be reached by (repeatable)")
     add_dask_args(parser)
+    parser.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
+                        help="models and datasets all sessions may hold at once, e.g. 8G (default: half "
+                             "of this machine's memory); sessions on the same files share one copy")
     parser.add_argument("--show", action=argparse.BooleanOptionalAction, default=None,
                         help="open a browser (default: when a display is available)")
     add_model_args(parser, positional=False)
     add_cache_args(parser)
+
+
+def _memory_size(text: str) -> int:
+    from netatlas.backend.pool import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

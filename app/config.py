@@ -11,6 +11,7 @@ from typing import Any
 from netatlas.backend.architectures import is_import_path
 from netatlas.backend.arguments import checkpoint_path, preprocessing_from_args
 from netatlas.backend.checkpoint import read_sidecar
+from netatlas.backend.pool import default_max_memory
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.demo import assets_dir, demo_checkpoint
 from netatlas.backend.roots import AllowedRoots
@@ -32,6 +33,7 @@ class AppConfig:
     preprocessing: Preprocessing | None = None  # launch flags; apply to the launch checkpoint only
     dask: str | None = None                     # --dask: scheduler address or "local"
     dask_client: Any = None                     # its Client, connected by the server at start
+    max_memory: int = field(default_factory=default_max_memory)  # --max-memory: what sessions may hold at once
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppConfig":
@@ -47,7 +49,8 @@ class AppConfig:
                    cache_dir=args.cache_dir, device=args.device, trust_pickle=args.trust_pickle,
                    loopback=is_loopback(args.address),
                    preprocessing=preprocessing_from_args(args, checkpoint_path(args.checkpoint)),
-                   dask=getattr(args, "dask", None))
+                   dask=getattr(args, "dask", None),
+                   max_memory=getattr(args, "max_memory", None) or default_max_memory())
 
     @property
     def allow_trust_pickle(self) -> bool:

@@ -9,7 +9,7 @@ from typing import Callable
 import panel as pn
 import param
 
-from netatlas.app.state import AppState
+from netatlas.app.state import POOL, AppState
 from netatlas.backend.architectures import is_import_path, torchvision_names
 from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import default_preprocessing, load_checkpoint, read_sidecar
@@ -18,8 +18,8 @@ from netatlas.backend.demo import demo_checkpoint
 from netatlas.backend.hf_models import hf_folder
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.timm_models import model_names as timm_model_names
-from netatlas.backend.workspace import Workspace
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.pool import file_nbytes, model_key, open_workspace
 
 DEMO_LABEL = "demo: residual CNN on MNIST"
 CHANNELS = {"as the sidecar says": None, "grayscale": True, "RGB": False}
@@ -122,21 +122,27 @@ class LoaderView(pn.viewable.Viewer):
             preprocessing = parse_preprocessing(overrides, lambda: default_preprocessing(ckpt, arch, kwargs).to_dict())
             if preprocessing is None and launched:
                 preprocessing = config.preprocessing
-            loaded = load_checkpoint(ckpt, arch, kwargs, trust_pickle=trust and config.allow_trust_pickle,
-                                     preprocessing=preprocessing)
+            trusted = trust and config.allow_trust_pickle
+            key = model_key(ckpt, arch, kwargs, preprocessing, trusted, config.device)
             launch_data = data_value == config.data or (
                 config.data != "demo" and Path(str(data_value)) == Path(config.data).resolve())
             columns = {"image_column": config.image_column, "label_column": config.label_column} if launch_data else {}
             dataset = load_dataset(data, **columns)
-            workspace = Workspace(loaded, dataset, ResultCache(config.cache_dir), config.device,
-                                  dask=config.dask_client, source=str(data))
-            workspace.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
-            return workspace
+            handle = open_workspace(
+                POOL, key, lambda: load_checkpoint(ckpt, arch, kwargs, trust_pickle=trusted, preprocessing=preprocessing),
+                dataset, ResultCache(config.cache_dir), config.device, dask=config.dask_client, source=str(data),
+                estimate=file_nbytes(ckpt))
+            try:
+                handle.value.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
+            except BaseException:
+                handle.release()
+                raise
+            return handle
 
-        workspace = await state.run(f"Loading {Path(str(ckpt_value)).name}", work)
-        if workspace is not None:
-            state.workspace = workspace
-            skipped = workspace.dataset.skipped
+        handle = await state.run(f"Loading {Path(str(ckpt_value)).name}", work)
+        if handle is not None:
+            state.hold(handle)
+            skipped = handle.value.dataset.skipped
             if skipped and pn.state.notifications is not None:
                 pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images "
                                                f"(first: {skipped[0]})", duration=8000)

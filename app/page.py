@@ -16,7 +16,7 @@ from netatlas.app.map_view import MapView
 from netatlas.app.model_view import ModelView
 from netatlas.app.neurons_view import NeuronsView
 from netatlas.app.residual_view import ResidualView
-from netatlas.app.state import AppState
+from netatlas.app.state import POOL, AppState
 
 _extension_loaded = False
 SYSTEM_FONTS = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
@@ -48,7 +48,9 @@ def build_views(state: AppState) -> dict[str, Any]:
 def create_app(config: AppConfig) -> pn.template.base.BasePage:
     """The page: sidebar to choose what to open; tabs for the views. Opens the configured model."""
     load_extensions()
+    POOL.max_bytes = config.max_memory
     state = AppState(config)
+    pn.state.on_session_destroyed(lambda _context: state.release())
     loader = LoaderView(state)
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[view_tabs(build_views(state))], sidebar_width=320,

@@ -14,12 +14,15 @@ import panel as pn
 import param
 
 from netatlas.app.config import AppConfig
-from netatlas.backend.workspace import Workspace
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.pool import Handle, SharedPool
+from netatlas.backend.workspace import Workspace
 
 log = logging.getLogger(__name__)
 # Shared by all sessions: torch already parallelizes inside one job; more jobs would just contend.
 EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netatlas")
+# Shared by all sessions: one model, dataset and Workspace per distinct content (its budget: --max-memory).
+POOL = SharedPool()
 ERROR = "**Error:**"   # how the status line starts after a failure (the notebook raises it instead)
 
 
@@ -28,7 +31,10 @@ class Cancelled(NetatlasError):
 
 
 class AppState(param.Parameterized):
-    """What one browser session has open, and the status line and progress bar of its work."""
+    """What one browser session has open, and the status line and progress bar of its work.
+
+    The Workspace itself may be shared with other sessions (``POOL``); what the user selects, zooms
+    and filters lives in this session's views, never in the Workspace."""
 
     workspace = param.ClassSelector(class_=Workspace, allow_None=True)
     busy = param.Boolean(default=False)
@@ -43,6 +49,25 @@ class AppState(param.Parameterized):
         self.cancel_button = pn.widgets.Button(name="Cancel", button_type="warning", visible=False,
                                                sizing_mode="stretch_width", css_classes=["na-cancel"])
         self.cancel_button.on_click(lambda _: self.cancelled.set())
+        self._held: Handle[Workspace] | None = None
+        self._closed = False
+
+    def hold(self, handle: Handle[Workspace]) -> None:
+        """Open ``handle``'s Workspace in this session and give back the one it had open."""
+        if self._closed:                   # the page closed while its Workspace was loading
+            handle.release()
+            return
+        previous, self._held = self._held, handle
+        self.workspace = handle.value
+        if previous is not None:
+            previous.release()
+
+    def release(self) -> None:
+        """Give back the session's Workspace (the page closed): the pool frees what nobody holds."""
+        self._closed = True
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     async def run(self, label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
         """Run ``work(progress)`` off the event loop; return its result, or None after an error."""

@@ -6,7 +6,7 @@ import json
 import threading
 from dataclasses import asdict
 from functools import cached_property
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ FACETS_VERSION = 1
 CLUSTER_VERSION = 1
 EMBEDDING_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
+T = TypeVar("T")
 
 
 class Workspace:
@@ -79,32 +80,41 @@ class Workspace:
 
     def activations(self, layers: Iterable[str] = (), reduction: Reduction = "mean",
                     progress: Progress | None = None) -> Activations:
-        """Logits, predictions and ``layers``: read from the cache, the missing ones in one pass."""
+        """Logits, predictions and ``layers``: read from the cache, the missing ones in one pass.
+
+        The pass runs under the model lock and looks in the cache again once it holds it: a session
+        that asked while another session of this shared Workspace computed them reads them instead."""
         layers = list(dict.fromkeys(layers))
+        outputs, cached = self._read_activations(layers, reduction)
+        if outputs is None or None in cached.values():
+            with self.model_lock:
+                outputs, cached = self._read_activations(layers, reduction)
+                if outputs is None or None in cached.values():
+                    return self._extract(layers, cached, reduction, progress)
+        if progress:
+            progress(len(self.dataset), len(self.dataset))
+        values = {name: arrow_to_vectors(table.column("values")) for name, table in cached.items()}
+        return Activations(arrow_to_vectors(outputs.column("logits")), outputs.column("prediction").to_numpy(),
+                           values, reduction)
+
+    def _read_activations(self, layers: list[str], reduction: Reduction) -> tuple[pa.Table | None, dict]:
         outputs = self.cache.read("outputs", self._inputs())
-        cached = {name: self.cache.read("activations", self._inputs(layer=name, reduction=reduction))
-                  for name in layers}
+        return outputs, {name: self.cache.read("activations", self._inputs(layer=name, reduction=reduction))
+                         for name in layers}
+
+    def _extract(self, layers: list[str], cached: dict[str, pa.Table | None], reduction: Reduction,
+                 progress: Progress | None) -> Activations:
+        """One pass for the layers missing from ``cached`` (and the logits), written to the cache."""
         missing = [name for name, table in cached.items() if table is None]
-        if outputs is None or missing:
-            if self.dask is not None:
-                fresh = self._extract_on_dask(missing, reduction, progress)
-            else:
-                with self.model_lock:
-                    fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
-                                                missing, reduction, self.batch_size, self.device, progress)
-            self._write(fresh, missing, reduction)
-            logits, predictions = fresh.logits, fresh.predictions
-            values = {name: fresh.layers[name] for name in missing}
+        if self.dask is not None:
+            fresh = self._extract_on_dask(missing, reduction, progress)
         else:
-            logits = arrow_to_vectors(outputs.column("logits"))
-            predictions = outputs.column("prediction").to_numpy()
-            values = {}
-            if progress:
-                progress(len(self.dataset), len(self.dataset))
-        for name, table in cached.items():
-            if table is not None:
-                values[name] = arrow_to_vectors(table.column("values"))
-        return Activations(logits, predictions, {name: values[name] for name in layers}, reduction)
+            fresh = extract_activations(self.loaded.model, self.dataset, self.loaded.preprocessing,
+                                        missing, reduction, self.batch_size, self.device, progress)
+        self._write(fresh, missing, reduction)
+        values = {name: fresh.layers[name] if table is None else arrow_to_vectors(table.column("values"))
+                  for name, table in cached.items()}
+        return Activations(fresh.logits, fresh.predictions, values, reduction)
 
     def _extract_on_dask(self, layers: list[str], reduction: Reduction,
                          progress: Progress | None) -> Activations:
@@ -160,6 +170,29 @@ class Workspace:
         rng = np.random.default_rng(seed)
         return np.sort(rng.choice(pool, min(count, len(pool)), replace=False))
 
+    def _computed_once(self, kind: str, inputs: dict, decode: Callable[[pa.Table], T | None],
+                       compute: Callable[[], tuple[T, pa.Table]]) -> T:
+        """The result under ``inputs``: decoded from the cache, else computed and written. The computation
+        holds the key's lock, and a caller that waited on it reads the result rather than computing it
+        again: another session of this shared Workspace, or another process on the same cache."""
+        found = self._decoded(kind, inputs, decode)
+        if found is not None:
+            return found
+        with self.cache.lock(kind, inputs):
+            found = self._decoded(kind, inputs, decode)
+            if found is not None:
+                return found
+            result, table = compute()
+            self.cache.write(kind, inputs, table)
+            return result
+
+    def _decoded(self, kind: str, inputs: dict, decode: Callable[[pa.Table], T | None]) -> T | None:
+        table = self.cache.read(kind, inputs)
+        try:
+            return None if table is None else decode(table)
+        except (KeyError, ValueError, pa.ArrowException):
+            return None                            # an older or foreign table: compute it again
+
     def residual_paths(self, unit_keys: list[str] | None = None, settings: PathSettings = PathSettings(),
                        progress: Progress | None = None) -> ResidualReport:
         """The residual-path report for the chosen units (default: all found), cached in Parquet."""
@@ -167,20 +200,21 @@ class Workspace:
         units = find_residual_units(model) if unit_keys is None else parse_units(model, unit_keys)
         inputs = self._inputs(analysis="residual-paths", residual_version=RESIDUAL_VERSION,
                               units=[u.key for u in units], settings=asdict(settings))
-        cached = self.cache.read("residual", inputs)
-        meta = (cached.schema.metadata or {}).get(_RESIDUAL_META) if cached is not None else None
-        if meta is not None:
-            return ResidualReport.from_frame(cached.to_pandas(), json.loads(meta))
-        indices = self.sample(settings.images, settings.seed)
-        labels = torch.as_tensor(self.dataset.labels[indices])
-        with self.model_lock:
-            report = analyze_paths(model, units, self.dataset.inputs(indices, self.loaded.preprocessing),
-                                   labels, settings, progress)
-        table = pa.Table.from_pandas(report.to_frame(), preserve_index=False)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               _RESIDUAL_META: report.meta_json().encode()})
-        self.cache.write("residual", inputs, table)
-        return report
+
+        def decode(table: pa.Table) -> ResidualReport | None:
+            meta = (table.schema.metadata or {}).get(_RESIDUAL_META)
+            return None if meta is None else ResidualReport.from_frame(table.to_pandas(), json.loads(meta))
+
+        def compute() -> tuple[ResidualReport, pa.Table]:
+            indices = self.sample(settings.images, settings.seed)
+            labels = torch.as_tensor(self.dataset.labels[indices])
+            with self.model_lock:
+                report = analyze_paths(model, units, self.dataset.inputs(indices, self.loaded.preprocessing),
+                                       labels, settings, progress)
+            table = pa.Table.from_pandas(report.to_frame(), preserve_index=False)
+            return report, table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                          _RESIDUAL_META: report.meta_json().encode()})
+        return self._computed_once("residual", inputs, decode, compute)
 
     def facets(self, layer: str, unit: int, facet_settings: FacetSettings = FacetSettings(),
                featviz_settings: FeatvizSettings = FeatvizSettings(),
@@ -188,21 +222,24 @@ class Workspace:
         """Multifaceted feature visualization of one unit (``layer`` "" = class logits), cached."""
         inputs = self._inputs(analysis="facets", facets_version=FACETS_VERSION, layer=layer, unit=unit,
                               facet_settings=asdict(facet_settings), featviz=asdict(featviz_settings))
-        cached = self.cache.read("facets", inputs)
-        if cached is not None and FacetReport.META in (cached.schema.metadata or {}):
-            return FacetReport.from_table(cached)
-        model = self.loaded.model.to(self.device)
-        code_layer = penultimate_layer(model) or layer
-        acts = self.activations([name for name in (layer, code_layer) if name])
-        values = acts.logits if not layer else acts.layers[layer]
-        if not 0 <= unit < values.shape[1]:
-            raise NetatlasError(f"unit {unit} is out of range: {layer or 'the logits'} has {values.shape[1]} units")
-        with self.model_lock:
-            report = build_facets(model, self.dataset, self.loaded.preprocessing, Objective(layer, unit),
-                                  values[:, unit], acts.layers.get(code_layer, acts.logits),
-                                  facet_settings, featviz_settings, progress)
-        self.cache.write("facets", inputs, report.to_table())
-        return report
+
+        def decode(table: pa.Table) -> FacetReport | None:
+            return FacetReport.from_table(table) if FacetReport.META in (table.schema.metadata or {}) else None
+
+        def compute() -> tuple[FacetReport, pa.Table]:
+            model = self.loaded.model.to(self.device)
+            code_layer = penultimate_layer(model) or layer
+            acts = self.activations([name for name in (layer, code_layer) if name])
+            values = acts.logits if not layer else acts.layers[layer]
+            if not 0 <= unit < values.shape[1]:
+                raise NetatlasError(f"unit {unit} is out of range: {layer or 'the logits'} has "
+                                    f"{values.shape[1]} units")
+            with self.model_lock:
+                report = build_facets(model, self.dataset, self.loaded.preprocessing, Objective(layer, unit),
+                                      values[:, unit], acts.layers.get(code_layer, acts.logits),
+                                      facet_settings, featviz_settings, progress)
+            return report, report.to_table()
+        return self._computed_once("facets", inputs, decode, compute)
 
     def representation_layer(self) -> str:
         """The default representation to cluster: the penultimate code, else the logits ("")."""
@@ -221,32 +258,36 @@ class Workspace:
         layer, x, acts = self.representation(layer, reduction, progress)
         inputs = self._inputs(analysis="cluster-tree", cluster_version=CLUSTER_VERSION, layer=layer,
                               reduction=reduction, settings=asdict(settings))
-        cached = self.cache.read("cluster", inputs)
-        if cached is not None:
-            try:
-                return ClusterTree.from_table(cached)
-            except (KeyError, ValueError, pa.ArrowException):
-                pass                               # an older or foreign table: rebuild it
-        tree = build_cluster_tree(x, self.dataset.labels, acts.predictions, len(self.dataset.classes),
-                                  settings, device=str(self.device), progress=progress)
-        tree.meta["layer"] = layer
-        self.cache.write("cluster", inputs, tree.to_table())
-        return tree
+
+        def compute() -> tuple[ClusterTree, pa.Table]:
+            tree = build_cluster_tree(x, self.dataset.labels, acts.predictions, len(self.dataset.classes),
+                                      settings, device=str(self.device), progress=progress)
+            tree.meta["layer"] = layer
+            return tree, tree.to_table()
+        return self._computed_once("cluster", inputs, ClusterTree.from_table, compute)
 
     def embedding(self, layer: str | None = None, reduction: Reduction = "mean",
-                  settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
-        """The 2-D map of ``layer``'s representation (None: the default, "": the logits), cached."""
+                  settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None,
+                  cached_only: bool = False) -> Embedding | None:
+        """The 2-D map of ``layer``'s representation (None: the default, "": the logits), cached.
+        ``cached_only``: None unless already cached (the Map shows a PCA preview while a UMAP runs)."""
         layer, x, _ = self.representation(layer, reduction, progress)
         inputs = self._inputs(analysis="embedding", embedding_version=EMBEDDING_VERSION, layer=layer,
                               reduction=reduction, settings=asdict(settings))
-        cached = self.cache.read("embedding", inputs)
-        if cached is not None and cached.num_rows == len(self.dataset):
-            method = (cached.schema.metadata or {}).get(b"netatlas.embedding.method", b"umap").decode()
-            return Embedding(np.column_stack([cached.column("x").to_numpy(), cached.column("y").to_numpy()]),
-                             cached.column("fitted").to_numpy(), method)
-        result = embed(x, settings, progress)
-        table = pa.table({"index": np.arange(len(x)), "x": result.xy[:, 0], "y": result.xy[:, 1],
-                          "fitted": result.fitted})
-        table = table.replace_schema_metadata({b"netatlas.embedding.method": result.method.encode()})
-        self.cache.write("embedding", inputs, table)
-        return result
+
+        def decode(table: pa.Table) -> Embedding | None:
+            if table.num_rows != len(self.dataset):
+                return None
+            method = (table.schema.metadata or {}).get(b"netatlas.embedding.method", b"umap").decode()
+            return Embedding(np.column_stack([table.column("x").to_numpy(), table.column("y").to_numpy()]),
+                             table.column("fitted").to_numpy(), method)
+
+        def compute() -> tuple[Embedding, pa.Table]:
+            result = embed(x, settings, progress)
+            table = pa.table({"index": np.arange(len(x)), "x": result.xy[:, 0], "y": result.xy[:, 1],
+                              "fitted": result.fitted})
+            return result, table.replace_schema_metadata({b"netatlas.embedding.method": result.method.encode()})
+
+        if cached_only:
+            return self._decoded("embedding", inputs, decode)
+        return self._computed_once("embedding", inputs, decode, compute)
