@@ -131,7 +131,7 @@ class LoaderView(pn.viewable.Viewer):
             handle = open_workspace(
                 POOL, key, lambda: load_checkpoint(ckpt, arch, kwargs, trust_pickle=trusted, preprocessing=preprocessing),
                 dataset, ResultCache(config.cache_dir), config.device, dask=config.dask_client, source=str(data),
-                estimate=file_nbytes(ckpt))
+                estimate=file_nbytes(ckpt), label=ckpt.name)
             try:
                 handle.value.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
             except BaseException:

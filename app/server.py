@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -42,11 +43,22 @@ def restrict_hosts(server, hosts: list[str]) -> None:
     server._tornado.add_handlers(rf"^(?!(?:{names})$).*$", [(r".*", _ForbiddenHost)])
 
 
+def log_to_stderr() -> None:
+    """netatlas's own log lines (models loaded and released, failures with tracebacks) on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("netatlas: %(message)s"))
+    logger = logging.getLogger("netatlas")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False       # once, here; not again through a handler bokeh set on the root
+
+
 def serve(args: argparse.Namespace) -> None:
     """Bind to ``args.address`` (loopback by default) and serve one app per browser session."""
     from netatlas.app.page import create_app
 
     config = AppConfig.from_args(args)
+    log_to_stderr()
     hosts = allowed_hosts(config, args.address, args.allow_host)
     show = args.show if args.show is not None else bool(os.environ.get("DISPLAY"))
     origins = [f"{h}:{args.port}" for h in hosts if ":" not in h.strip("[]")]

@@ -67,6 +67,7 @@ class _Entry:
     value: Any
     nbytes: int
     on_drop: Callable[[], None] | None
+    label: str = ""
     holders: int = 0
 
 
@@ -93,11 +94,11 @@ class SharedPool:
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acquire(self, key: str, build: Callable[[], T], nbytes: Callable[[T], int] = lambda _: 0,
-                on_drop: Callable[[], None] | None = None, estimate: int = 0) -> Handle[T]:
+                on_drop: Callable[[], None] | None = None, estimate: int = 0, label: str = "") -> Handle[T]:
         """The object under ``key``, built by ``build`` if nobody holds one. A second caller for a key
         being built waits for that build instead of building again. ``estimate`` (bytes) refuses a build
         that cannot fit before it starts; ``on_drop`` runs when the object built by this call is dropped
-        (its last holder released it)."""
+        (its last holder released it). ``label`` names the object in the log (unlabelled: not logged)."""
         with self._guard:
             lock = self._building.setdefault(key, threading.Lock())
         with lock:
@@ -111,8 +112,12 @@ class SharedPool:
             size = nbytes(value)
             with self._guard:
                 self._check_budget(size)
-                self._entries[key] = _Entry(value, size, on_drop, holders=1)
-                return Handle(self, key, value)
+                self._entries[key] = _Entry(value, size, on_drop, label, holders=1)
+                held = self.held_bytes
+            if label:
+                log.info("loaded %s (%s; sessions hold %s of %s)", label, format_bytes(size),
+                         format_bytes(held), format_bytes(self.max_bytes))
+            return Handle(self, key, value)
 
     def _check_budget(self, size: int) -> None:
         if self.held_bytes + size > self.max_bytes:
@@ -128,7 +133,8 @@ class SharedPool:
             if entry.holders:
                 return
             del self._entries[key]
-        log.info("released %s (%s): no session holds it", key[:60], format_bytes(entry.nbytes))
+        if entry.label:
+            log.info("released %s (%s): no session holds it", entry.label, format_bytes(entry.nbytes))
         if entry.on_drop is not None:
             entry.on_drop()
 
@@ -183,13 +189,14 @@ def file_nbytes(path: Path) -> int:
 
 def open_workspace(pool: SharedPool, key: str, load_model: Callable[[], LoadedModel], dataset: ImageDataset,
                    cache: ResultCache, device: str = "auto", dask: Client | None = None,
-                   source: str | None = None, estimate: int = 0) -> Handle[Workspace]:
+                   source: str | None = None, estimate: int = 0, label: str = "") -> Handle[Workspace]:
     """The Workspace shared by every session that opens model ``key`` on ``dataset`` (equal manifests are
     one dataset) with the same cache; it holds the model and the dataset until its last holder leaves."""
-    model = pool.acquire(key, load_model, model_nbytes, estimate=estimate)
+    model = pool.acquire(key, load_model, model_nbytes, estimate=estimate, label=f"model {label}")
     held = [model]
     try:
-        held.append(pool.acquire(dataset_key(dataset), lambda: dataset, dataset_nbytes))
+        held.append(pool.acquire(dataset_key(dataset), lambda: dataset, dataset_nbytes,
+                                 label=f"dataset {dataset.name}"))
         data = held[1].value
         built: list[bool] = []
 

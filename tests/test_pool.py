@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -143,6 +144,12 @@ def test_a_result_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypatch
     np.testing.assert_array_equal(results[0].order, results[2].order)
 
 
+def run_coroutine(coroutine) -> None:
+    """To completion in a thread of its own: the browser tests' sync Playwright keeps a loop running here."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, coroutine).result()
+
+
 def _session(tmp_path) -> tuple[AppState, LoaderView]:
     state = AppState(AppConfig(cache_dir=tmp_path))
     return state, LoaderView(state)
@@ -150,8 +157,8 @@ def _session(tmp_path) -> tuple[AppState, LoaderView]:
 
 def test_page_sessions_share_the_model_but_not_their_selections(tmp_path):
     (s1, l1), (s2, l2) = _session(tmp_path), _session(tmp_path)
-    asyncio.run(l1.load())
-    asyncio.run(l2.load())
+    run_coroutine(l1.load())
+    run_coroutine(l2.load())
     assert isinstance(s1.workspace, Workspace) and s1.workspace is s2.workspace
     assert s1.workspace.loaded is s2.workspace.loaded
     v1, v2 = build_views(s1), build_views(s2)
@@ -169,5 +176,5 @@ def test_a_session_closed_while_loading_gives_its_workspace_back(tmp_path):
     state, loader = _session(tmp_path)
     held = len(POOL)
     state.release()                          # the page closed before its Load finished
-    asyncio.run(loader.load())
+    run_coroutine(loader.load())
     assert state.workspace is None and len(POOL) == held
