@@ -142,10 +142,7 @@ class LoaderView(pn.viewable.Viewer):
         handle = await state.run(f"Loading {Path(str(ckpt_value)).name}", work)
         if handle is not None:
             state.hold(handle)
-            skipped = handle.value.dataset.skipped
-            if skipped and pn.state.notifications is not None:
-                pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images "
-                                               f"(first: {skipped[0]})", duration=8000)
+            state.report_skipped()
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(

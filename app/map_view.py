@@ -1,4 +1,6 @@
 """The Map tab: a UMAP of a representation, one point per image, rendered by datashader on the server.
+A UMAP takes minutes at 100,000 images: until it is cached the tab shows a PCA preview of the same
+representation (a second or two), which works like the map and is replaced when the UMAP is ready.
 
 Pan and zoom re-aggregate the points for the new view (the browser only ever gets an image); hover
 shows the image under the pointer, a tap its details and nearest neighbours, and box or lasso select
@@ -9,6 +11,7 @@ opened in the DendroMap is highlighted here in turn.
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 
 import holoviews as hv
 import numpy as np
@@ -113,30 +116,54 @@ class MapView(pn.viewable.Viewer):
                 self._building = None
 
     async def _build(self, ws: Workspace, layer: str, method: str) -> None:
+        """Show the cached map, else (UMAP) a PCA preview of the same representation at once and the
+        UMAP map when its minutes of work are done, the progress bar following them meanwhile."""
         name = "" if layer == LOGITS else layer
         settings = EmbedSettings(method=method, seed=default_seed(len(ws.dataset)))
 
-        def work(progress):
-            embedding = ws.embedding(name, settings=settings, progress=progress)
+        def first(progress):
+            embedding = ws.embedding(name, settings=settings, progress=progress, cached_only=method == "umap")
+            preview = embedding is None
+            if preview:
+                embedding = ws.embedding(name, settings=replace(settings, method="pca"), progress=progress)
             _, vectors, acts = ws.representation(name)
-            return embedding, vectors, acts.predictions
+            return embedding, vectors, acts.predictions, preview
 
         label = f"Mapping {len(ws.dataset):,} images on {layer} ({method.upper()})"
-        result = await self.state.run(label, work)
-        if result is None or ws is not self.state.workspace or layer != self.layer.value:
+        result = await self.state.run(label, first)
+        if result is None or not self._current(ws, layer, method):
             return
-        self.show(*result)
+        embedding, vectors, predictions, preview = result
+        self.show(embedding, vectors, predictions, preview=preview)
+        if not preview:
+            return
+        embedding = await self.state.run(f"{label}; the PCA preview is shown meanwhile",
+                                         lambda progress: ws.embedding(name, settings=settings, progress=progress))
+        if embedding is None or not self._current(ws, layer, method):
+            return
+        selection = self.selection                    # same images, new positions: keep it
+        self.show(embedding, vectors, predictions)
+        if selection is not None:
+            self.select(selection)
 
-    def show(self, embedding: Embedding, vectors: np.ndarray, predictions: np.ndarray) -> None:
-        """Show a computed map (the page computes off the event loop, a notebook in its cell)."""
+    def _current(self, ws: Workspace, layer: str, method: str) -> bool:
+        """Whether a map computed for these is still the one asked for."""
+        return ws is self.state.workspace and layer == self.layer.value and method == METHODS[self.method.value]
+
+    def show(self, embedding: Embedding, vectors: np.ndarray, predictions: np.ndarray,
+             preview: bool = False) -> None:
+        """Show a computed map (the page computes off the event loop, a notebook in its cell);
+        ``preview``: a PCA map shown while the UMAP one is computed."""
         ws, name = self.state.workspace, "" if self.layer.value == LOGITS else self.layer.value
         self.vectors, self.predictions = vectors, predictions
         self.points = MapPoints.build(embedding.xy, ws.dataset.labels, self.predictions, ws.dataset.classes)
         self.selection, self._colouring, self._pending = None, None, []
+        what = "PCA preview" if preview else f"{embedding.method.upper()} map"
         self.summary.object = (
-            f"**{embedding.method.upper()} map** of {len(ws.dataset):,} images on `{name or 'logits'}`"
+            f"**{what}** of {len(ws.dataset):,} images on `{name or 'logits'}`"
             + (f" (fitted on {embedding.n_fitted:,}, the rest placed by their nearest fitted neighbours)"
                if embedding.n_fitted < len(ws.dataset) else "")
+            + ("; the UMAP map replaces it when ready (progress bar in the sidebar)" if preview else "")
             + ". Scroll to zoom, drag to pan; the toolbar's box and lasso select images.")
         self.plot.object = self._dynamic_map()
         self._show_selection()

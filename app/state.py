@@ -51,6 +51,7 @@ class AppState(param.Parameterized):
         self.cancel_button.on_click(lambda _: self.cancelled.set())
         self._held: Handle[Workspace] | None = None
         self._closed = False
+        self._skipped_told = 0                # unreadable images the user has been told about
 
     def hold(self, handle: Handle[Workspace]) -> None:
         """Open ``handle``'s Workspace in this session and give back the one it had open."""
@@ -58,6 +59,7 @@ class AppState(param.Parameterized):
             handle.release()
             return
         previous, self._held = self._held, handle
+        self._skipped_told = 0
         self.workspace = handle.value
         if previous is not None:
             previous.release()
@@ -97,7 +99,17 @@ class AppState(param.Parameterized):
             self.progress.param.update(visible=False, active=False)
             self.cancel_button.visible = False
         self.status.object = ""
+        self.report_skipped()
         return result
+
+    def report_skipped(self) -> None:
+        """Tell the user about images found unreadable since they were last told: found when decoded
+        (a folder opens without reading its images), they read as black and are counted."""
+        skipped = self.workspace.dataset.skipped if self.workspace is not None else []
+        if len(skipped) > self._skipped_told and pn.state.notifications is not None:
+            pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images (first: {skipped[0]}); "
+                                           "they read as black", duration=8000)
+        self._skipped_told = len(skipped)
 
     def error(self, message: str) -> None:
         self.status.object = f"{ERROR} {message}"

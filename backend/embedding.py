@@ -7,17 +7,28 @@ of 0.045 of the map's spread on its mixture).
 
 umap-learn is imported only here and only when a UMAP map is asked for: its first import compiles
 numba kernels (tens of seconds), which the app and CLI must not pay for views that do not use it.
+``import_umap`` has numba cache all of umap's and pynndescent's kernels on disk, not only the few they
+mark ``cache=True``, so that only the first map on a machine compiles them, and makes umap's epoch
+loop report to ``embed``'s progress callback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
 
+from netatlas.backend.cache import default_cache_dir
 from netatlas.backend.cluster.kmeans import principal_components
 from netatlas.backend.errors import NetatlasError
 
@@ -26,6 +37,10 @@ Method = Literal["umap", "pca"]
 # A seeded UMAP runs on one core; above this many images the app and CLI ask for the parallel one
 # (not bit-reproducible across runs, but cached, so reopening shows the same map).
 PARALLEL_ABOVE = 50_000
+# Share of a UMAP fit before its first epoch (nearest neighbours, fuzzy graph, spectral start): the
+# progress bar jumps there when the epochs, which report one by one, begin.
+NEIGHBOURS_SHARE = 0.4
+NO_UMAP = "umap-learn is not installed: pip install umap-learn (or use --method pca)"
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,8 @@ def default_seed(n: int) -> int | None:
 
 
 def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
-    """Embed the rows of ``x`` in 2-D (see the module docstring); ``progress`` gets (rows placed, N)."""
+    """Embed the rows of ``x`` in 2-D (see the module docstring); ``progress`` gets (rows placed, N),
+    and during the UMAP fit its epochs as a share of the fitted rows."""
     if settings.method not in ("umap", "pca"):
         raise NetatlasError(f"unknown embedding method {settings.method!r}: use umap or pca")
     x = _checked(x)
@@ -75,8 +91,13 @@ def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Pr
     fitted = _fit_rows(n, settings)
     xy = np.empty((n, 2), dtype=np.float32)
     model = _umap(settings, len(fitted))
-    with warnings.catch_warnings():          # umap warns that a seed disables its parallelism
-        warnings.filterwarnings("ignore", message=".*n_jobs.*")
+
+    def epoch_done(epoch: int, epochs: int) -> None:
+        report(int(len(fitted) * (NEIGHBOURS_SHARE + (1 - NEIGHBOURS_SHARE) * epoch / epochs)), n)
+
+    with warnings.catch_warnings(), _epochs_reported(epoch_done):
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")  # umap: a seed disables parallelism
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")  # see import_umap
         xy[fitted] = model.fit_transform(reduced[fitted])
     report(len(fitted), n)
     rest = np.setdiff1d(np.arange(n), fitted, assume_unique=True)
@@ -163,7 +184,26 @@ def pca(x: np.ndarray, dims: int, seed: int | None = 0) -> np.ndarray:
         points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     if points.shape[1] <= dims:
         return (points - points.mean(0)).numpy()
-    return principal_components(points, dims, generator=generator).numpy()
+    with _one_torch_thread():
+        return principal_components(points, dims, generator=generator).numpy()
+
+
+_threads_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """torch on one thread (all of torch, briefly: its thread count is per process). The PCA fit's
+    eigendecomposition of a 512 x 512 matrix takes 0.06 s on one thread, and on two up to 7 s when
+    other processes load the cores (MKL's threads wait on each other at every step): the Map's
+    first picture at 100,000 images came in 1 s instead of 8-11 s on a busy 2-core machine."""
+    with _threads_lock:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _checked(x: np.ndarray) -> np.ndarray:
@@ -185,12 +225,112 @@ def _fit_rows(n: int, settings: EmbedSettings) -> np.ndarray:
 
 
 def _umap(settings: EmbedSettings, n_fit: int):
-    try:
-        import umap
-    except ImportError as exc:  # declared in pyproject; a broken install should say what is missing
-        raise NetatlasError("umap-learn is not installed: pip install umap-learn (or use --method pca)") from exc
+    umap = import_umap()
     return umap.UMAP(n_components=2, n_neighbors=min(settings.n_neighbors, n_fit - 1),
                      min_dist=settings.min_dist, random_state=settings.seed, low_memory=True)
+
+
+# ----------------------------------------------------------------------------- umap-learn, once per machine
+_import_lock = threading.Lock()
+_fitting = threading.local()     # .report: the epoch callback of the UMAP being fitted on this thread
+
+
+def import_umap():
+    """umap-learn, imported so that numba caches every function it and pynndescent define.
+
+    Most of them are plain ``numba.njit`` without ``cache=True``, compiled again by every process on its
+    first map (tens of seconds on a 2-core machine, each time). While umap is first imported,
+    numba's decorators default to ``cache=True`` and write to ``numba_cache_dir`` (the functions
+    decorated then keep both; nothing defined later is touched). The cached code is the code numba
+    compiles; the maps are bit-identical. The few functions numba cannot cache (pynndescent's
+    ``nn_descent``: dynamic globals) compile as before, their warning silenced in ``embed``.
+    umap's epoch loop is wrapped in tqdm, its only hook: ``_epochs`` stands in for it to report progress.
+    """
+    with _import_lock:
+        if "umap" in sys.modules:
+            return sys.modules["umap"]
+        try:
+            import numba
+            from numba.core import config
+        except ImportError as exc:  # declared in pyproject; a broken install should say what is missing
+            raise NetatlasError(NO_UMAP) from exc
+        saved = numba.njit, numba.jit, config.CACHE_DIR
+        folder = numba_cache_dir()
+        if folder is not None:
+            numba.njit, numba.jit = _caching(numba.njit), _caching(numba.jit)
+            if Path(folder) != _in_tree_cache():
+                config.CACHE_DIR = folder
+        try:
+            import umap
+            import umap.layouts
+        except ImportError as exc:
+            raise NetatlasError(NO_UMAP) from exc
+        finally:
+            numba.njit, numba.jit, config.CACHE_DIR = saved
+        if hasattr(umap.layouts, "tqdm"):
+            umap.layouts.tqdm = _epochs(umap.layouts.tqdm)
+        return umap
+
+
+def numba_cache_dir(root: Path | None = None) -> str | None:
+    """The folder numba caches umap's functions in: ``$NUMBA_CACHE_DIR`` when set; else numba's default,
+    ``__pycache__`` beside umap's sources (shared by every process and every netatlas cache on the
+    machine), when writable; else (a read-only install) ``numba/`` in the netatlas cache when writable;
+    else None: only what umap itself marks is cached, where numba finds room."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return os.environ["NUMBA_CACHE_DIR"]
+    for folder in (_in_tree_cache(), Path(root or default_cache_dir()) / "numba"):
+        if _writable(folder):
+            return str(folder)
+    return None
+
+
+def _in_tree_cache() -> Path:
+    spec = importlib.util.find_spec("umap")
+    if spec is None or not spec.origin:
+        raise NetatlasError(NO_UMAP)
+    return Path(spec.origin).parent / "__pycache__"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def _caching(decorator: Callable) -> Callable:
+    def cached(*args: Any, **options: Any) -> Any:
+        options.setdefault("cache", True)
+        return decorator(*args, **options)
+    return cached
+
+
+def _epochs(tqdm: Callable) -> Callable:
+    """umap's ``tqdm(range(n_epochs))``: epoch by epoch to the callback of the UMAP fitting on this
+    thread, if any (it may raise to cancel); other uses get tqdm itself."""
+    def epochs(iterable: Iterable, *args: Any, **kwargs: Any) -> Iterable:
+        report = getattr(_fitting, "report", None)
+        return tqdm(iterable, *args, **kwargs) if report is None else _counted(iterable, report)
+    return epochs
+
+
+def _counted(epochs: range, report: Progress) -> Iterable:
+    for epoch in epochs:
+        yield epoch
+        report(epoch + 1, len(epochs))
+
+
+@contextlib.contextmanager
+def _epochs_reported(report: Progress) -> Iterator[None]:
+    """Within the block, the epochs of a UMAP fitted on this thread go to ``report(epoch, epochs)``."""
+    _fitting.report = report
+    try:
+        yield
+    finally:
+        _fitting.report = None
 
 
 def _standardized(xy: np.ndarray) -> np.ndarray:

@@ -7,7 +7,9 @@ load, so no other path on the server is readable from a page.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,7 @@ from netatlas.backend.hf_models import hf_folder, is_saved_model
 SHARD_SUFFIXES = frozenset({".parquet", ".tar"})
 CHECKPOINT_SUFFIXES = frozenset({".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl"})
 SKIP_DIRS = frozenset({".git", "__pycache__", ".venv", "node_modules", ".cache"})
+IMAGE_ENDINGS = tuple(IMAGE_SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -84,42 +87,89 @@ class AllowedRoots:
         return any(resolved.is_relative_to(root) for root in self.roots)
 
     def _walk(self) -> list[Path]:
+        """Folders and files under the roots in sorted order (each folder before its contents), at
+        most ``max_depth`` deep and about ``max_entries`` in all. Symlinked folders are not entered.
+
+        Image files are left out: no listing offers one (a folder of them is found by
+        ``_holds_images``), and in a folder of 100,000 they would fill the bound and cost a stat and a
+        resolve each. Folder listings are reused while the folder is unchanged (``_listing``), so a
+        page load does not read 100,000 names again."""
         out: list[Path] = []
+
+        def walk(folder: Path, depth: int) -> bool:
+            try:
+                subfolders, files = _listing(str(folder))
+            except OSError:                          # unreadable or gone: as os.walk, skip it
+                return True
+            out.append(folder)
+            out.extend(folder / name for name in files)
+            if len(out) > self.max_entries:
+                return False
+            return depth >= self.max_depth or all(
+                walk(folder / name, depth + 1) for name in subfolders
+                if name not in SKIP_DIRS and not name.startswith("."))
+
         for root in self.roots:
-            base_depth = len(root.parts)
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-                here = Path(dirpath)
-                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
-                if len(here.parts) - base_depth >= self.max_depth:
-                    dirnames[:] = []
-                out.append(here)
-                out.extend(here / f for f in sorted(filenames))
-                if len(out) > self.max_entries:
-                    return out
+            if not walk(root, 0):
+                break
         return out
 
 
+# folder -> ((device, inode, mtime_ns), subfolders, files other than images)
+_LISTINGS: dict[str, tuple[tuple[int, int, int], list[str], list[str]]] = {}
+RACY_NS = 2_000_000_000  # a folder changed this close to its listing is listed again (coarse mtimes)
+
+
+def _listing(folder: str) -> tuple[list[str], list[str]]:
+    """(real subfolders, files other than images) of ``folder``, sorted. Adding, removing or renaming
+    an entry changes the folder's mtime, so a listing is reused while the folder's identity and mtime
+    are unchanged; one made within ``RACY_NS`` of the folder's last change is not (a change in the
+    same tick of a coarse clock would leave the mtime as it was, as git's "racy" entries)."""
+    st = os.stat(folder)
+    stamp = (st.st_dev, st.st_ino, st.st_mtime_ns)
+    cached = _LISTINGS.get(folder)
+    if cached is not None and cached[0] == stamp:
+        return cached[1], cached[2]
+    listed_at = time.time_ns()
+    subfolders, files = [], []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subfolders.append(entry.name)
+            elif not entry.is_dir() and not entry.name.lower().endswith(IMAGE_ENDINGS):
+                files.append(entry.name)             # a symlink to a folder is neither
+    subfolders.sort()
+    files.sort()
+    if st.st_mtime_ns < listed_at - RACY_NS:
+        _LISTINGS[folder] = (stamp, subfolders, files)
+    return subfolders, files
+
+
 def _holds_images(folder: Path, probe: int = 50) -> bool:
-    """True when the folder, or one of its first subfolders, has image files (a cheap probe)."""
+    """True when the folder, or one of its first subfolders, has image files among its first
+    ``probe`` entries (a cheap probe: a folder of 100,000 images is not listed for it)."""
+    entries = _first_entries(folder, probe)
+    return any(map(_is_image, entries)) or any(
+        _is_image(e) for sub in entries if sub.is_dir() and not sub.name.startswith(".")
+        for e in _first_entries(Path(sub.path), probe))
+
+
+def _is_image(entry: os.DirEntry) -> bool:
+    return entry.name.lower().endswith(IMAGE_ENDINGS) and entry.is_file()
+
+
+def _first_entries(folder: Path, n: int) -> list[os.DirEntry]:
     try:
-        entries = list(os.scandir(folder))[:probe]
+        with os.scandir(folder) as it:
+            return list(itertools.islice(it, n))
     except OSError:
-        return False
-    if any(e.is_file() and Path(e.name).suffix.lower() in IMAGE_SUFFIXES for e in entries):
-        return True
-    for sub in (e for e in entries if e.is_dir() and not e.name.startswith(".")):
-        try:
-            if any(Path(e.name).suffix.lower() in IMAGE_SUFFIXES for e in list(os.scandir(sub))[:probe]):
-                return True
-        except OSError:
-            continue
-    return False
+        return []
 
 
 def _shards(folder: Path, suffix: str) -> list[Path]:
     try:
-        return sorted(Path(e.path) for e in os.scandir(folder)
-                      if e.name.endswith(suffix) and not e.name.startswith(".") and e.is_file())
+        return [folder / name for name in _listing(str(folder))[1]
+                if name.endswith(suffix) and not name.startswith(".") and (folder / name).is_file()]
     except OSError:
         return []
 

@@ -108,20 +108,43 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     np.testing.assert_allclose(image.astype(float), deep / 257.0, atol=1.0)
 
 
-def test_unreadable_file_is_skipped_and_counted(tmp_path):
+def test_unreadable_file_is_skipped_and_counted_when_decoded(tmp_path):
     save(random_rgb(0), tmp_path / "a" / "good.png")
     (tmp_path / "a" / "x.png").write_bytes(os.urandom(200))
     (tmp_path / "a" / "notes.txt").write_text("not an image, not even looked at")
+    (tmp_path / "a" / "._good.png").write_bytes(b"macOS resource fork, hidden")
     ds = folder_dataset(tmp_path)
-    assert ds.ids == ["a/good.png"]
+    assert ds.ids == ["a/good.png", "a/x.png"]
+    assert ds.skipped == []                                  # opening reads no image
+    _, x = collect(ds, Preprocessing(size=(10, 10), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    assert x.shape == (2, 3, 10, 10)
     assert ds.skipped == ["a/x.png"]
-    assert len(ds) == 1
+    assert (ds.read(1) == 0).all() and ds.read(0).shape == (10, 10, 3)  # read(i) gives a black stand-in
+    (tmp_path / "a" / "good.png").unlink()                   # removed after opening: black, counted
+    assert (ds.read(0) == 0).all()
+    assert ds.skipped == ["a/x.png", "a/good.png"]           # each counted once
+    collect(ds, Preprocessing(size=(10, 10), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    assert ds.skipped == ["a/x.png", "a/good.png"]
 
 
-def test_folder_of_only_unreadable_files_is_an_error(tmp_path):
+def test_folder_open_reads_no_image(tmp_path, monkeypatch):
+    for i in range(3):
+        save(random_rgb(i), tmp_path / f"c{i}" / f"{i}.png")
+    first = folder_dataset(tmp_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was opened while opening the folder")
+    monkeypatch.setattr(Image, "open", refuse)
+    again = load_dataset(tmp_path)
+    assert again.ids == first.ids and again.manifest_hash == first.manifest_hash
+    assert again.labels.tolist() == [0, 1, 2] and again.classes == ["c0", "c1", "c2"]
+
+
+def test_folder_of_only_unreadable_files_opens_and_counts_them(tmp_path):
     (tmp_path / "x.png").write_bytes(b"garbage")
-    with pytest.raises(NetatlasError, match="1 unreadable"):
-        folder_dataset(tmp_path)
+    ds = folder_dataset(tmp_path)
+    collect(ds, Preprocessing(size=(8, 8), grayscale=True, mean=(0.5,), std=(0.5,)))
+    assert ds.skipped == ["x.png"]
 
 
 def test_missing_empty_and_unsupported_sources(tmp_path):
@@ -141,6 +164,31 @@ def test_manifest_hash_tracks_contents(tmp_path):
     assert folder_dataset(tmp_path).manifest_hash == first
     save(random_rgb(1, 11, 10), tmp_path / "a.png")
     assert folder_dataset(tmp_path).manifest_hash != first
+
+
+def test_manifest_hash_changes_when_a_file_is_added_removed_or_touched(tmp_path):
+    for i in range(3):
+        save(random_rgb(i), tmp_path / "c" / f"{i}.png")
+    hashes = [folder_dataset(tmp_path).manifest_hash]
+    save(random_rgb(3), tmp_path / "c" / "3.png")                    # added
+    hashes.append(folder_dataset(tmp_path).manifest_hash)
+    (tmp_path / "c" / "0.png").unlink()                               # removed
+    hashes.append(folder_dataset(tmp_path).manifest_hash)
+    st = (tmp_path / "c" / "1.png").stat()                            # touched: same bytes, new mtime
+    os.utime(tmp_path / "c" / "1.png", ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    hashes.append(folder_dataset(tmp_path).manifest_hash)
+    assert len(set(hashes)) == 4
+    assert folder_dataset(tmp_path).manifest_hash == hashes[-1]       # and nothing else moves it
+
+
+def test_folder_order_is_sorted_paths(tmp_path):
+    """Ids in the order of sorted Paths (part by part), which the cached activations' rows follow."""
+    names = ["b.png", "a b/x.png", "a/x.png", "a/y/z.png", "a/y.png", "A.png"]
+    for i, name in enumerate(names):
+        save(random_rgb(i), tmp_path / name)
+    ds = folder_dataset(tmp_path)
+    assert ds.ids == [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*.png"))]
+    assert ds.classes == ["a", "a b"]
 
 
 # --------------------------------------------------------------------------- .npz archives
@@ -387,3 +435,32 @@ def test_roots_walk_is_bounded(tmp_path):
     (tmp_path / ".git" / "hidden.pt").write_bytes(b"x")
     roots = AllowedRoots.of(tmp_path)
     assert roots.checkpoints() == [tmp_path / "d0" / "shallow.pt"]
+
+
+def test_roots_list_large_image_folders_without_reading_them_again(tmp_path, monkeypatch):
+    """Folder listings are reused while a folder's mtime stands and leave image files out: a page load
+    does not read a big image folder's names again (datasets() only probes 50), a new checkpoint shows."""
+    import time
+
+    from netatlas.backend import roots as roots_module
+
+    root = tmp_path / "root"
+    for i in range(60):
+        save(random_rgb(i, 4, 4), root / "pics" / "c" / f"{i}.png")
+    (root / "models").mkdir()
+    (root / "models" / "a.pt").write_bytes(b"x")
+    past = time.time() - 60                      # changed long ago: listings may be reused
+    for folder in (root, root / "pics", root / "pics" / "c", root / "models"):
+        os.utime(folder, (past, past))
+    roots = AllowedRoots.of(root)
+    assert roots.checkpoints() == [root / "models" / "a.pt"] and root / "pics" in roots.datasets()
+    assert not any(p.suffix == ".png" for p in roots.files())
+
+    listed = []
+    scandir = os.scandir
+    monkeypatch.setattr(roots_module.os, "scandir", lambda path=".": listed.append(str(path)) or scandir(path))
+    assert roots.checkpoints() == [root / "models" / "a.pt"] and len(roots.files()) == 1
+    assert listed == []                                      # every folder's listing was reused
+    (root / "models" / "b.pt").write_bytes(b"x")             # the folder's mtime moves on
+    assert roots.checkpoints() == [root / "models" / "a.pt", root / "models" / "b.pt"]
+    assert listed == [str(root / "models")]

@@ -4,12 +4,13 @@ UMAP/PCA maps against independent computations, caching and the CLI."""
 from __future__ import annotations
 
 import numpy as np
+import param
 import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 
-from netatlas.backend.embedding import EmbedSettings, approximate_knn, embed, membership, pca
+from netatlas.backend.embedding import EmbedSettings, Embedding, approximate_knn, embed, membership, pca
 from netatlas.backend.errors import NetatlasError
 from netatlas.viz.embedding import MapPoints, aggregate, legend_html, map_png, render
 
@@ -174,6 +175,58 @@ def test_umap_map_separates_blobs_and_places_the_unfitted_rows():
     assert agree.mean() > 0.97
 
 
+def test_umap_reports_its_epochs_and_can_be_cancelled_between_them():
+    x, _ = blobs(300, dims=10)
+    seen = []
+    embed(x, EmbedSettings(n_neighbors=10, seed=0), lambda done, total: seen.append((done, total)))
+    done = [d for d, _ in seen]
+    assert all(t == 300 for _, t in seen) and done == sorted(done) and done[-1] == 300
+    during_fit = [d for d in done if 0 < d < 300]
+    assert len(during_fit) > 100                              # epoch by epoch, not one jump at the end
+
+    class Stop(Exception):
+        pass
+
+    def cancel(done, total):
+        if 0 < done < total:
+            raise Stop
+    with pytest.raises(Stop):
+        embed(x, EmbedSettings(n_neighbors=10, seed=0), cancel)
+    seen.clear()                                              # and the hook is gone afterwards
+    import umap
+    umap.UMAP(n_neighbors=10, random_state=0, n_epochs=5).fit_transform(x)
+    assert seen == []
+
+
+def test_umap_functions_are_cached_by_numba():
+    import numba
+    from numba.core.caching import NullCache
+
+    from netatlas.backend.embedding import import_umap
+
+    umap = import_umap()
+    assert numba.njit is numba.core.decorators.njit and numba.jit is numba.core.decorators.jit  # restored
+    # plain @numba.njit in umap-learn: cached only because import_umap asked for it
+    assert not isinstance(umap.umap_.smooth_knn_dist._cache, NullCache)
+    assert not isinstance(umap.layouts._nb_optimize_layout_euclidean_single_epoch._cache, NullCache)
+
+
+def test_numba_cache_dir_falls_back_quietly(tmp_path, monkeypatch):
+    import netatlas.backend.embedding as embedding
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("a file where a folder would be: nothing can be written under it")
+    monkeypatch.setattr(embedding, "_in_tree_cache", lambda: tmp_path / "site-packages" / "umap" / "__pycache__")
+    assert embedding.numba_cache_dir(tmp_path / "cache") == str(tmp_path / "site-packages/umap/__pycache__")
+    monkeypatch.setattr(embedding, "_in_tree_cache", lambda: blocked / "umap" / "__pycache__")  # read-only install
+    assert embedding.numba_cache_dir(tmp_path / "cache") == str(tmp_path / "cache" / "numba")
+    assert (tmp_path / "cache" / "numba").is_dir()
+    assert embedding.numba_cache_dir(blocked / "cache") is None                          # nothing writable
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
+    assert embedding.numba_cache_dir(blocked / "cache") == str(tmp_path / "mine")         # the user's choice
+
+
 def test_seeded_up_to_50k_images_parallel_above_with_the_same_fit_sample():
     from netatlas.backend.embedding import PARALLEL_ABOVE, _fit_rows, default_seed
 
@@ -239,3 +292,74 @@ def test_cli_embed_rejects_bad_settings(tmp_path, capsys):
 
     assert main(["embed", "demo", "demo", "--neighbors", "1", "--cache-dir", str(tmp_path)]) == 2
     assert "--neighbors" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the Map tab
+def test_map_shows_a_pca_preview_until_the_umap_map_is_ready(small_loaded, small_dataset, cache_dir, monkeypatch):
+    """A slow UMAP (held on an Event): the view shows the PCA map of the same representation first, with
+    hover and box selection working on it, then the UMAP map, keeping the selection; cached, at once."""
+    import asyncio
+    import threading
+
+    import netatlas.backend.workspace as workspace
+    from netatlas.app.config import AppConfig
+    from netatlas.app.dendromap_view import DendroMapView
+    from netatlas.app.map_view import MapView
+    from netatlas.app.neurons_view import LOGITS, NeuronsView
+    from netatlas.app.page import load_extensions
+    from netatlas.app.state import AppState
+    from netatlas.backend.cache import ResultCache
+
+    release, real_embed = threading.Event(), workspace.embed
+    umap_xy = np.column_stack([np.arange(len(small_dataset)), -np.arange(len(small_dataset))]).astype(np.float32)
+
+    def slow_embed(x, settings, progress=None):
+        if settings.method == "pca":
+            return real_embed(x, settings, progress)
+        assert release.wait(30), "the UMAP was never released"
+        return Embedding(umap_xy, np.ones(len(x), bool), "umap")
+    monkeypatch.setattr(workspace, "embed", slow_embed)
+    ws = workspace.Workspace(small_loaded, small_dataset, ResultCache(cache_dir), device="cpu")
+    _, x, _ = ws.representation("")
+    expected_pca = embed(x, EmbedSettings(method="pca")).xy
+
+    load_extensions()
+
+    def map_view():
+        state = AppState(AppConfig())
+        neurons = NeuronsView(state)
+        view = MapView(state, neurons, DendroMapView(state, neurons))
+        with param.discard_events(state):
+            state.workspace = ws
+        with param.discard_events(view.layer):                         # no build of its own
+            view.layer.options, view.layer.value = [LOGITS], LOGITS
+        view.shown = True
+        return view, state
+
+    async def scenario() -> None:
+        view, state = map_view()
+        build = asyncio.ensure_future(view._build(ws, LOGITS, "umap"))
+        for _ in range(600):
+            if view.points is not None:
+                break
+            await asyncio.sleep(0.05)
+        np.testing.assert_allclose(view.points.xy, expected_pca, atol=1e-6)
+        assert "PCA preview" in view.summary.object and state.busy       # UMAP still running
+        x0, y0, x1, y1 = view.points.bounds
+        view._on_pointer(*view.points.xy[3])
+        assert small_dataset.ids[3] in view.hover.object
+        view._on_box((x0, y0, x1, y1))
+        assert len(view.selection) == len(small_dataset)
+        release.set()
+        await build
+        np.testing.assert_allclose(view.points.xy, umap_xy)
+        assert "UMAP map" in view.summary.object and not state.busy
+        assert len(view.selection) == len(small_dataset)                 # kept across the swap
+
+        again, _ = map_view()                                            # cached: UMAP at once
+        shown = []
+        again.show = lambda embedding, *rest, **kw: shown.append((embedding.method, kw.get("preview", False)))
+        await again._build(ws, LOGITS, "umap")
+        assert shown == [("umap", False)]
+
+    asyncio.run(scenario())

@@ -61,6 +61,8 @@ def test_every_tab_renders_on_a_hf_folder_and_a_parquet_dataset(page, hf_server)
 
     page.get_by_text("Map", exact=True).click()
     expect(page.locator(".na-map canvas").first).to_be_visible(timeout=180_000)
+    # A PCA preview comes first; the UMAP map replaces it (minutes on a fresh install: numba compiles once).
+    expect(page.locator(".na-map-summary")).to_contain_text("UMAP map", timeout=300_000)
 
     page.get_by_text("Residual", exact=True).click()
     expect(page.locator(".na-units")).to_contain_text("vit.layers.1 add 1", timeout=30_000)

@@ -1,6 +1,6 @@
-"""The Map tab on the demo, as a user drives it in Chromium: the UMAP appears coloured by class with a
-legend; hover shows the image under the pointer; box select shows the selected images with counts per
-class and highlights them in the DendroMap; a DendroMap cluster is highlighted on the map in turn."""
+"""The Map tab on the demo, as a user drives it in Chromium: a PCA preview appears, then the UMAP coloured
+by class with a legend; hover shows the image under the pointer; box select shows the selected images with
+counts per class and highlights them in the DendroMap; a DendroMap cluster is highlighted on the map in turn."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ from tests.browser.conftest import open_app, start_server, stop
 
 pytestmark = pytest.mark.browser
 
-# Sum of the map image's bytes in the page: changes when the server sends a new rendering.
-IMAGE_SUM = """() => { for (const doc of Bokeh.documents) for (const m of doc._all_models.values())
-  if (m.type === 'GlyphRenderer' && m.glyph.type === 'ImageRGBA') {
+# Sum of the map image's bytes in the page: changes when the server sends a new rendering. The models
+# on screen are the roots' references (the document keeps the PCA preview's plot in _all_models).
+IMAGE_SUM = """() => { for (const doc of Bokeh.documents) for (const root of doc.roots())
+  for (const m of root.references()) if (m.type === 'GlyphRenderer' && m.glyph.type === 'ImageRGBA') {
     const a = new Uint8Array(m.data_source.data.image[0].buffer); let s = 0;
     for (let i = 3; i < a.length; i += 4) s += a[i]; return s; }
   return -1; }"""
@@ -58,8 +59,11 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     page.set_viewport_size({"width": 1400, "height": 1400})
     open_app(page, demo_server.url, "blocks.5")
     page.get_by_text("Map", exact=True).click()
-    legend = page.locator(".na-map-legend")
-    expect(legend).to_contain_text("true class", timeout=300_000)          # UMAP's first run compiles
+    legend, summary = page.locator(".na-map-legend"), page.locator(".na-map-summary")
+    expect(summary).to_contain_text("PCA preview", timeout=120_000)         # a picture while UMAP runs
+    expect(legend).to_contain_text("true class", timeout=60_000)           # after the first render
+    expect(page.locator(".na-cancel")).to_be_visible()                      # with its progress bar
+    expect(summary).to_contain_text("UMAP map", timeout=300_000)            # UMAP's first run compiles
     for digit in range(10):
         expect(legend).to_contain_text(f"{digit} (500)")
     plot = page.locator(".na-map canvas").first
