@@ -5,7 +5,9 @@ demo's ResidualBlock, each of the two adds in a ViT encoder block or ``nn.Transf
 (three in a decoder layer), or any ``x + f(x)`` add that torch.fx finds in a module's traced graph.
 While :func:`gated` is active, every unit's add goes through a :class:`ResidualGate`, which scales
 branches (lesions, the order-k decomposition), routes gradients through only the branch or only the
-skip (Veit et al.'s path-length measurement) and records branch and skip norms.
+skip (Veit et al.'s path-length measurement) and records branch and skip norms. A gated add computes
+its branch lazily where it can: a branch switched off is never run, and a memo (``paths``' prefix
+reuse) may hand back the value an earlier pass computed for the same input.
 """
 
 from __future__ import annotations
@@ -43,7 +45,14 @@ class ResidualUnit:
 
 
 class ResidualGate:
-    """Per-unit branch scale, gradient route and (optionally) recorded norms, read by each add."""
+    """Per-unit branch scale, gradient route and (optionally) recorded norms, read by each add.
+
+    ``route`` is read when gradients flow back, not when the forward runs, so one forward pass can be
+    differentiated along several routes. ``rows`` ([n, R]), when set, replaces ``mask`` with one
+    scale per group of rows: R masks stacked along the batch dimension, run as one pass. ``memo``,
+    when set, sees every add (``note``) and may supply a branch's value (``reuse``); see
+    ``paths._PassMemo``.
+    """
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
         self.n = n
@@ -51,38 +60,93 @@ class ResidualGate:
         self.route: list[Route] = ["both"] * n
         self.record = False
         self.records: dict[int, dict[str, torch.Tensor]] = {}
+        self.rows: torch.Tensor | None = None
+        self.memo = None
 
     def reset(self) -> None:
         self.mask.fill_(1.0)
+        self.rows = None
         self.route = ["both"] * self.n
         self.record = False
         self.records.clear()
 
-    def combine(self, unit: int, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """``skip + m * branch`` with the unit's route applied; records per-sample norms if asked."""
+    def combine(self, unit: int, skip: torch.Tensor,
+                branch: torch.Tensor | Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``skip + m * branch`` with the unit's route applied; records per-sample norms if asked.
+
+        ``branch`` may be a callable: it is then not run at all when m = 0 (``skip`` is returned,
+        which equals ``skip + 0 * branch`` for any finite branch).
+        """
+        scale = self.mask[unit] if self.rows is None else _per_row(self.rows[unit], skip)
+        if callable(branch):
+            if not self.record and not bool(scale.any()):
+                out = (skip.detach() if self.route[unit] == "branch" else skip).clone()
+                return self._noted(unit, out)
+            branch = self.memo.reuse(("branch", unit), branch) if self.memo is not None else branch()
         if self.record:
             s, b = skip.detach().flatten(1).float(), branch.detach().flatten(1).float()
             self.records[unit] = {
                 "skip_norm": s.norm(dim=1), "branch_norm": b.norm(dim=1),
                 "cos": nn.functional.cosine_similarity(s, b, dim=1), "branch": b,
             }
-        route = self.route[unit]
-        if route == "branch":
-            skip = skip.detach()
-        elif route == "skip":
-            branch = branch.detach()
-        return skip + self.mask[unit].to(branch.dtype) * branch
+        scale = scale.to(branch.dtype)
+        if torch.is_grad_enabled() and (skip.requires_grad or branch.requires_grad):
+            # a copy of the scale: the gate's mask may change before this graph's last backward
+            return self._noted(unit, _RoutedAdd.apply(skip, branch, scale.clone(), self, unit))
+        return self._noted(unit, skip + scale * branch)
+
+    def _noted(self, unit: int, out: torch.Tensor) -> torch.Tensor:
+        if self.memo is not None:
+            self.memo.note(unit)
+        return out
+
+
+def _per_row(scales: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """One scale per group of rows of ``like`` (batch dimension first), shaped to broadcast."""
+    rows = like.shape[0]
+    if rows % len(scales):
+        raise NetatlasError(f"{rows} rows do not split into {len(scales)} stacked masks")
+    return scales.repeat_interleave(rows // len(scales)).view(rows, *[1] * (like.ndim - 1))
+
+
+class _RoutedAdd(torch.autograd.Function):
+    """``skip + m * branch`` whose gradient goes where ``gate.route[unit]`` says when backward runs.
+
+    Returning None for the operand a route cuts is what ``detach`` would give, and autograd then
+    skips that operand's whole backward subgraph.
+    """
+
+    @staticmethod
+    def forward(ctx, skip, branch, scale, gate, unit):
+        ctx.gate, ctx.unit = gate, unit
+        ctx.save_for_backward(scale)
+        ctx.operands = (skip.shape, skip.dtype, branch.shape, branch.dtype)
+        return skip + scale * branch
+
+    @staticmethod
+    def backward(ctx, grad):
+        (scale,) = ctx.saved_tensors
+        skip_shape, skip_dtype, branch_shape, branch_dtype = ctx.operands
+        route = ctx.gate.route[ctx.unit]
+        grad_skip = grad_branch = None
+        if ctx.needs_input_grad[0] and route != "branch":
+            grad_skip = grad.sum_to_size(skip_shape).to(skip_dtype)
+        if ctx.needs_input_grad[1] and route != "skip":
+            grad_branch = (grad * scale).sum_to_size(branch_shape).to(branch_dtype)
+        return grad_skip, grad_branch, None, None, None
 
 
 class _Combine(nn.Module):
-    """Stands in for one residual add inside a traced block."""
+    """Stands in for one residual add inside a traced block; ``branch`` computes the branch lazily."""
 
-    def __init__(self, gate: ResidualGate, unit: int) -> None:
+    def __init__(self, gate: ResidualGate, unit: int, branch: nn.Module | None = None) -> None:
         super().__init__()
-        self.gate, self.unit = gate, unit
+        self.gate, self.unit, self.branch = gate, unit, branch
 
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.gate.combine(self.unit, skip, branch)
+    def forward(self, skip: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.branch is None:
+            return self.gate.combine(self.unit, skip, inputs[0])
+        return self.gate.combine(self.unit, skip, lambda: self.branch(*inputs))
 
 
 class _BlockTracer(torch.fx.Tracer):
@@ -221,31 +285,34 @@ def _transformer_forward(layer: nn.Module, slots: dict[int, int], gate: Residual
 
     ``slots`` maps the layer's add index to the unit's position in the gate; other adds stay plain.
     """
-    def add(i: int, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return gate.combine(slots[i], skip, branch) if i in slots else skip + branch
+    def add(i: int, skip: torch.Tensor, branch: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return gate.combine(slots[i], skip, branch) if i in slots else skip + branch()
 
     if isinstance(layer, nn.TransformerEncoderLayer):
         def forward(src, src_mask=None, src_key_padding_mask=None, is_causal=False):
             x = src
             if layer.norm_first:
-                x = add(0, x, layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal))
-                return add(1, x, layer._ff_block(layer.norm2(x)))
-            x = layer.norm1(add(0, x, layer._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal)))
-            return layer.norm2(add(1, x, layer._ff_block(x)))
+                x = add(0, x, lambda: layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask,
+                                                      is_causal=is_causal))
+                return add(1, x, lambda: layer._ff_block(layer.norm2(x)))
+            x = layer.norm1(add(0, x, lambda: layer._sa_block(x, src_mask, src_key_padding_mask,
+                                                              is_causal=is_causal)))
+            return layer.norm2(add(1, x, lambda: layer._ff_block(x)))
         return forward
 
     def forward(tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
         x = tgt
         if layer.norm_first:
-            x = add(0, x, layer._sa_block(layer.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal))
-            x = add(1, x, layer._mha_block(layer.norm2(x), memory, memory_mask, memory_key_padding_mask,
-                                           memory_is_causal))
-            return add(2, x, layer._ff_block(layer.norm3(x)))
-        x = layer.norm1(add(0, x, layer._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
-        x = layer.norm2(add(1, x, layer._mha_block(x, memory, memory_mask, memory_key_padding_mask,
-                                                   memory_is_causal)))
-        return layer.norm3(add(2, x, layer._ff_block(x)))
+            x = add(0, x, lambda: layer._sa_block(layer.norm1(x), tgt_mask, tgt_key_padding_mask,
+                                                  tgt_is_causal))
+            x = add(1, x, lambda: layer._mha_block(layer.norm2(x), memory, memory_mask, memory_key_padding_mask,
+                                                   memory_is_causal))
+            return add(2, x, lambda: layer._ff_block(layer.norm3(x)))
+        x = layer.norm1(add(0, x, lambda: layer._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal)))
+        x = layer.norm2(add(1, x, lambda: layer._mha_block(x, memory, memory_mask, memory_key_padding_mask,
+                                                           memory_is_causal)))
+        return layer.norm3(add(2, x, lambda: layer._ff_block(x)))
     return forward
 
 
@@ -279,19 +346,77 @@ def _gated_forward(module: nn.Module, indices: list[int], units: list[ResidualUn
     wanted = {units[i].index: i for i in indices}
     if gm is None or max(wanted) >= len(adds):
         raise NetatlasError(f"{prefix or '(model)'} no longer traces to {len(wanted)} residual adds")
+    _drop_unused_getitems(gm.graph)
     for position, (node, skip_at) in enumerate(adds):
         if position not in wanted:
             continue
+        skip, branch = node.args[skip_at], node.args[1 - skip_at]
+        owned = _branch_only(gm.graph, node, skip, branch)
+        lazy, inputs = _branch_module(gm, owned, branch) if owned else (None, [branch])
         target = f"_netatlas_gate_{position}"
-        gm.add_submodule(target, _Combine(gate, wanted[position]))
+        gm.add_submodule(target, _Combine(gate, wanted[position], lazy))
         with gm.graph.inserting_after(node):
-            skip, branch = node.args[skip_at], node.args[1 - skip_at]
-            replacement = gm.graph.call_module(target, (skip, branch))
+            replacement = gm.graph.call_module(target, (skip, *inputs))
         node.replace_all_uses_with(replacement)
         gm.graph.erase_node(node)
+        for moved in reversed(owned):
+            gm.graph.erase_node(moved)
     gm.recompile()
     accepted = {n.target for n in gm.graph.nodes if n.op == "placeholder"}
 
     def forward(*args, **kwargs):   # keyword options the traced forward fixed (HF's **kwargs) are dropped
         return gm(*args, **{k: v for k, v in kwargs.items() if k in accepted})
     return forward
+
+
+def _drop_unused_getitems(graph: torch.fx.Graph) -> None:
+    """Erase ``out[i]`` nodes nobody reads (``x, _ = attention(...)``), so they do not pin their tuple."""
+    for node in reversed(list(graph.nodes)):
+        if node.op == "call_function" and node.target is operator.getitem and not node.users:
+            graph.erase_node(node)
+
+
+def _branch_only(graph: torch.fx.Graph, add: torch.fx.Node, skip: torch.fx.Node,
+                 branch: torch.fx.Node) -> list[torch.fx.Node]:
+    """The nodes computed only for ``branch`` (graph order): what a switched-off branch need not run.
+
+    A node belongs to the branch when its only users do (the branch node itself: only the add), so
+    moving them behind the add changes nothing else. Empty when an in-place op would write a value
+    from outside the branch, since running it later, or not at all, could change that value.
+    """
+    history = _ancestors(branch) | {branch}
+    owned: set[torch.fx.Node] = set()
+    for node in reversed(list(graph.nodes)):
+        if (node in history and node is not skip and node.op in ("call_module", "call_function", "call_method")
+                and all(user in owned or (node is branch and user is add) for user in node.users)):
+            owned.add(node)
+    nodes = [n for n in graph.nodes if n in owned]
+    if any(_writes_outside(graph, n, owned) for n in nodes):
+        return []
+    return nodes
+
+
+def _writes_outside(graph: torch.fx.Graph, node: torch.fx.Node, owned: set[torch.fx.Node]) -> bool:
+    """Whether ``node`` writes in place (``x.relu_()``, ``+=``, ``ReLU(inplace=True)``) to a value not owned."""
+    first = node.args[0] if node.args else None
+    if not isinstance(first, torch.fx.Node) or first in owned:
+        return False
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_function":
+        return node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv) \
+            or getattr(node.target, "__name__", "").endswith("_") or bool(node.kwargs.get("inplace"))
+    return bool(getattr(graph.owning_module.get_submodule(node.target), "inplace", False))
+
+
+def _branch_module(gm: torch.fx.GraphModule, nodes: list[torch.fx.Node],
+                   branch: torch.fx.Node) -> tuple[torch.fx.GraphModule, list[torch.fx.Node]]:
+    """``nodes`` moved into a GraphModule of their own (sharing ``gm``'s submodules), and its inputs."""
+    owned = set(nodes)
+    inputs = list(dict.fromkeys(a for n in nodes for a in n.all_input_nodes if a not in owned))
+    graph = torch.fx.Graph()
+    env = {a: graph.placeholder(f"branch_in_{i}") for i, a in enumerate(inputs)}
+    for node in nodes:
+        env[node] = graph.node_copy(node, lambda a: env[a])
+    graph.output(env[branch])
+    return torch.fx.GraphModule(gm, graph), inputs

@@ -8,6 +8,18 @@ Every measurement runs the real model with its residual adds gated (see residual
   Jacobian-gain estimate e_k(g_1..g_n) for any n, beside the idealised C(n, k) lambda^k;
 - lesions: accuracy with one unit's branch removed, with k random ones removed, and after
   reordering interchangeable blocks, against Kendall's tau.
+
+Most of these are many passes over the same images that differ from some unit on. A probe pass on
+one image (``Plan``) lists the module calls that end before each unit (or its add) starts, and
+which of their outputs later ops read; during a stage a memo (``PassMemo``) keeps those outputs and
+every unit's branch (which the gate computes lazily, and not at all when switched off) and hands
+them to any later pass that reaches the same call after the same residual adds. Masks run in
+lexicographic order of their scales, several stacked along the batch dimension, so masks sharing a
+prefix compute it once; the lesions take their first images' predictions from the decomposition.
+The path-gradient routes share one forward pass (the gate reads routes during backward) and pass
+gradients block to block, so routes agreeing on the later blocks share that part of the backward
+pass. All of it is checked against plain passes on two images first, falling back to them where
+they disagree; ``analyze_paths(reuse=False)`` runs every pass in full.
 """
 
 from __future__ import annotations
@@ -19,7 +31,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -28,6 +40,7 @@ from torch import nn
 
 from netatlas.backend.activations import first_tensor
 from netatlas.backend.residual.blocks import ResidualGate, ResidualUnit, gated
+from netatlas.backend.residual.reuse import STACKED_ROWS, Plan, tensors
 from netatlas.backend.errors import NetatlasError
 
 Progress = Callable[[int, int], None]
@@ -79,8 +92,13 @@ class ResidualReport:
 
 
 def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, labels: torch.Tensor,
-                  settings: PathSettings = PathSettings(), progress: Progress | None = None) -> ResidualReport:
-    """All residual-path measurements of ``model`` on images ``x`` (labels -1 = use predictions)."""
+                  settings: PathSettings = PathSettings(), progress: Progress | None = None, *,
+                  reuse: bool = True) -> ResidualReport:
+    """All residual-path measurements of ``model`` on images ``x`` (labels -1 = use predictions).
+
+    ``reuse=False`` runs every pass in full (no shared prefixes, forwards or backwards): the
+    reference the reusing passes are tested against.
+    """
     n = len(units)
     if n == 0:
         raise NetatlasError("no residual units to analyse: choose at least one (a model without "
@@ -99,22 +117,32 @@ def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, 
             p.requires_grad_(False)
         with gated(model, units) as gate:
             with torch.no_grad(), timed("baseline"):
-                base_logits = _logits(model, x)
+                plan = Plan.build(model, gate, units, x) if reuse else None
+                plan = plan and _checked(plan, model, gate, x[:2])
+                base_logits, records, inputs = _first_pass(model, units, gate, x, plan)
             targets = torch.where(labels.to(device) >= 0, labels.to(device), base_logits.argmax(1))
-            with timed("unit_stats"):
-                unit_table = _unit_stats(model, units, gate, x, steps)
-                unit_table["gain"] = _jacobian_gains(model, units, gate, x, rng, steps)
-            with timed("path_gradients"):
+            with timed("unit_stats"), steps.stage(2):
+                unit_table = _unit_stats(model, units, gate, x, records)
+                unit_table["gain"] = _jacobian_gains(model, units, gate, inputs, x, rng, records)
+            with timed("path_gradients"), steps.stage(_gradient_passes(n, settings.samples)):
                 paths = _path_gradients(model, gate, x[:settings.gradient_images],
-                                        targets[:settings.gradient_images], settings.samples, rng, steps)
-            with timed("order_decomposition"):
+                                        targets[:settings.gradient_images], settings.samples, rng, steps, plan)
+            decomposed: dict[tuple, torch.Tensor] | None = {} if plan is not None else None
+            with timed("order_decomposition"), steps.stage(2 ** n if exact else 0):
                 orders, check = _order_decomposition(model, gate, x[:settings.decomposition_images],
-                                                     unit_table["gain"].to_numpy(), exact, steps)
+                                                     unit_table["gain"].to_numpy(), exact, steps, plan,
+                                                     decomposed)
             baseline = float((base_logits.argmax(1) == targets).float().mean())
-            with timed("lesions"):
-                lesions, lesions_k = _lesions(model, units, gate, x, targets, settings.lesion_draws, rng, steps)
-        with timed("reorder"):
-            reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps)
+            with timed("lesions"), steps.stage(n + n * settings.lesion_draws):
+                lesions, lesions_k = _lesions(model, units, gate, x, targets, settings.lesion_draws, rng, steps,
+                                              plan, decomposed)
+            if plan is not None:   # gated (all ones), so the memo sees the blocks' adds
+                with timed("reorder"), steps.stage(settings.reorder_trials):
+                    reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps,
+                                       plan, gate, baseline)
+        if plan is None:
+            with timed("reorder"), steps.stage(settings.reorder_trials):
+                reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps)
     finally:
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
@@ -142,12 +170,19 @@ class _Timer:
 
 class _Steps:
     def __init__(self, progress: Progress | None, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+        self.progress, self.total, self.done = progress, total, 0.0
 
-    def __call__(self, k: int = 1) -> None:
+    def __call__(self, k: float = 1) -> None:
         self.done += k
         if self.progress:
-            self.progress(min(self.done, self.total), self.total)
+            self.progress(min(int(self.done), self.total), self.total)
+
+    @contextlib.contextmanager
+    def stage(self, count: int):
+        """A stage worth ``count`` steps: however many it reports, it ends exactly that far on."""
+        end = self.done + count
+        yield
+        self(end - self.done)
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -155,15 +190,44 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.reshape(len(out), -1)
 
 
-def _unit_stats(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
-                steps: _Steps) -> pd.DataFrame:
+def _first_pass(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
+                plan: "Plan | None") -> tuple[torch.Tensor, dict | None, dict | None]:
+    """Baseline logits; with a plan also the unit records and module inputs from the same pass."""
+    if plan is None:
+        return _logits(model, x), None, None
+    return _recorded_pass(model, units, gate, x)
+
+
+def _recorded_pass(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate,
+                   x: torch.Tensor) -> tuple[torch.Tensor, dict, dict]:
+    """Logits, each unit's norms and branch (gate records) and each unit module's first inputs."""
+    modules = dict(model.named_modules())
+    inputs: dict[str, tuple] = {}
+
+    def keep_input(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            inputs.setdefault(name, (args, kwargs))
+        return hook
+
+    handles = [modules[m].register_forward_pre_hook(keep_input(m), with_kwargs=True)
+               for m in dict.fromkeys(u.module for u in units)]
     gate.reset()
     gate.record = True
-    with torch.no_grad():
-        _logits(model, x)
+    try:
+        with torch.no_grad():
+            logits = _logits(model, x)
+    finally:
+        for h in handles:
+            h.remove()
     records = dict(gate.records)
     gate.reset()
-    steps()
+    return logits, records, inputs
+
+
+def _unit_stats(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
+                records: dict | None) -> pd.DataFrame:
+    if records is None:
+        records = _recorded_pass(model, units, gate, x)[1]
     modules = dict(model.named_modules())
     rows = []
     for i, unit in enumerate(units):
@@ -186,30 +250,19 @@ def _learned_scale(module: nn.Module) -> float:
     return float("nan")
 
 
-def _jacobian_gains(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
-                    rng: np.random.Generator, steps: _Steps, eps: float = 1e-3) -> np.ndarray:
+def _jacobian_gains(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, inputs: dict | None,
+                    x: torch.Tensor, rng: np.random.Generator, records: dict | None = None,
+                    eps: float = 1e-3) -> np.ndarray:
     """g_l = ||f_l(x_l + e v) - f_l(x_l)|| / ||e v|| for a random direction v (finite-difference jvp).
 
     The perturbation enters at the input of the module holding the unit; for the later adds of a
     multi-add module (a transformer layer's feed-forward) it therefore also passes through the
-    earlier ones: an estimate, as the Jacobian-gain method itself is.
+    earlier ones: an estimate, as the Jacobian-gain method itself is. ``inputs`` (each module's
+    inputs) and ``records`` (f_l(x_l), recorded in the model's own pass) spare passes when given.
     """
     modules = dict(model.named_modules())
-    inputs: dict[str, tuple] = {}
-
-    def keep_input(name: str) -> Callable:
-        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            inputs.setdefault(name, (args, kwargs))
-        return hook
-
-    handles = [modules[m].register_forward_pre_hook(keep_input(m), with_kwargs=True)
-               for m in dict.fromkeys(u.module for u in units)]
-    try:
-        with torch.no_grad():
-            _logits(model, x)
-    finally:
-        for h in handles:
-            h.remove()
+    if inputs is None:
+        inputs = _recorded_pass(model, units, gate, x)[2]
     gen = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
     gains = np.zeros(len(units))
     for module_name in dict.fromkeys(u.module for u in units):
@@ -218,8 +271,9 @@ def _jacobian_gains(model: nn.Module, units: list[ResidualUnit], gate: ResidualG
         v = torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype)
         scale = eps * x0.flatten(1).norm(dim=1).clamp_min(1e-6) / v.flatten(1).norm(dim=1)
         dv = v * scale.view(-1, *[1] * (x0.ndim - 1))
-        branches = []
-        for shifted in (x0, x0 + dv):
+        shifts = (x0 + dv,) if records is not None else (x0, x0 + dv)
+        branches = [{i: r["branch"] for i, r in records.items()}] if records is not None else []
+        for shifted in shifts:
             gate.reset()
             gate.record = True
             with torch.no_grad():
@@ -230,7 +284,6 @@ def _jacobian_gains(model: nn.Module, units: list[ResidualUnit], gate: ResidualG
             if unit.module == module_name and i in branches[0]:
                 diff = (branches[1][i] - branches[0][i]).norm(dim=1)
                 gains[i] = (diff / dv.flatten(1).norm(dim=1)).mean().item()
-    steps()
     return gains
 
 
@@ -239,7 +292,8 @@ def _gradient_passes(n: int, samples: int) -> int:
 
 
 def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
-                    samples: int, rng: np.random.Generator, steps: _Steps) -> pd.DataFrame:
+                    samples: int, rng: np.random.Generator, steps: _Steps,
+                    plan: "Plan | None" = None) -> pd.DataFrame:
     """Mean input-gradient norm of the per-image loss along paths of each length k (Veit et al.).
 
     For each sampled set S of k units, gradients flow only through the branches in S and only
@@ -247,21 +301,16 @@ def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targe
     every subset is used and the value is exact (standard error 0).
     """
     n = gate.n
+    drawn = [_subsets(n, k, samples, rng) for k in range(n + 1)]
+
+    def route(subset: frozenset[int]) -> tuple[str, ...]:
+        return tuple("branch" if l in subset else "skip" for l in range(n))
+
+    distinct = list(dict.fromkeys(route(s) for subsets in drawn for s in subsets))
+    norm_of = dict(zip(distinct, _route_norms(model, gate, x, targets, distinct, plan, steps)))
     rows = []
-    for k in range(n + 1):
-        subsets = _subsets(n, k, samples, rng)
-        norms = []
-        for subset in subsets:
-            gate.reset()
-            gate.route = ["branch" if l in subset else "skip" for l in range(n)]
-            xg = x.detach().clone().requires_grad_(True)
-            with torch.enable_grad():
-                loss = nn.functional.cross_entropy(_logits(model, xg), targets, reduction="sum")
-                (grad,) = torch.autograd.grad(loss, xg)
-            norms.append(grad.flatten(1).norm(dim=1).mean().item())
-            steps()
-        gate.reset()
-        norms_arr = np.asarray(norms)
+    for k, subsets in enumerate(drawn):
+        norms_arr = np.asarray([norm_of[route(s)] for s in subsets])
         exact = len(subsets) == math.comb(n, k)
         sem = 0.0 if exact or len(norms_arr) < 2 else float(norms_arr.std(ddof=1) / math.sqrt(len(norms_arr)))
         count = math.comb(n, k)
@@ -270,6 +319,123 @@ def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targe
                      "effective": count * float(norms_arr.mean()),
                      "effective_sem": count * sem})
     return pd.DataFrame(rows)
+
+
+def _route_norms(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
+                 routes: list[tuple[str, ...]], plan: "Plan | None", steps: _Steps) -> list[float]:
+    """Mean over images of ||d loss_i / d x_i|| for each route (a per-unit "branch" or "skip").
+
+    Without a plan every route has its own forward and backward pass. With one, a single forward
+    pass serves all routes, since the gate reads the route when gradients flow back, and where the
+    blocks form a chain the backward pass goes block to block (``_ChainBackward``), routes ordered
+    so that those agreeing on the later blocks follow each other.
+    """
+    if plan is None:
+        norms = []
+        for route in routes:
+            gate.reset()
+            gate.route = list(route)
+            xg = x.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                loss = nn.functional.cross_entropy(_logits(model, xg), targets, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, xg)
+            norms.append(_mean_norm(grad))
+            steps()
+        gate.reset()
+        return norms
+    loss, xg, inputs = _shared_forward(model, gate, x, targets, plan.blocks)
+    backward = _ChainBackward(loss, xg, inputs, plan.block_units) if plan.chain else _whole_backward(loss, xg)
+    return _routed_norms(gate, backward, routes, plan.order, steps)
+
+
+def _shared_forward(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
+                    blocks: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One forward pass kept for many backward passes: summed loss, the input, the blocks' inputs."""
+    gate.reset()
+    xg = x.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), _block_inputs(model, blocks) as inputs:
+        loss = nn.functional.cross_entropy(_logits(model, xg), targets, reduction="sum")
+    return loss, xg, [inputs.get(b) for b in blocks]
+
+
+def _whole_backward(loss: torch.Tensor, x: torch.Tensor) -> Callable[[tuple[str, ...]], torch.Tensor]:
+    return lambda route: torch.autograd.grad(loss, x, retain_graph=True)[0]
+
+
+def _routed_norms(gate: ResidualGate, backward: Callable[[tuple[str, ...]], torch.Tensor],
+                  routes: list[tuple[str, ...]], order: list[int], steps: _Steps) -> list[float]:
+    """``_mean_norm`` of ``backward(route)`` per route, the gate routing as each backward runs.
+
+    Routes go sorted by the units' routes from the last add back, so those agreeing on the later
+    blocks follow each other (what ``_ChainBackward`` shares).
+    """
+    norms = [0.0] * len(routes)
+    try:
+        for i in sorted(range(len(routes)), key=lambda i: [routes[i][u] for u in reversed(order)]):
+            gate.route = list(routes[i])
+            with torch.enable_grad():
+                norms[i] = _mean_norm(backward(routes[i]))
+            steps()
+    finally:
+        gate.reset()
+    return norms
+
+
+def _mean_norm(grad: torch.Tensor) -> float:
+    return grad.flatten(1).norm(dim=1).mean().item()
+
+
+@contextlib.contextmanager
+def _block_inputs(model: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """The first tensor each named module is called with (first call), filled in as the model runs."""
+    modules = dict(model.named_modules())
+    found: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Callable:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            given = tensors((args, kwargs))
+            if given:
+                found.setdefault(name, given[0])
+        return hook
+
+    handles = [modules[name].register_forward_pre_hook(keep(name), with_kwargs=True) for name in names]
+    try:
+        yield found
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _ChainBackward:
+    """d loss / d x along a route, passed back from block input to block input.
+
+    The cotangent at a block's input depends only on the routes of that block and the later ones,
+    so one slot per block keeps it for the next route if they agree there (routes come sorted from
+    the last block back). Exact where each block's input is the only way x reaches later blocks,
+    which ``Plan`` checks on two images before trusting it.
+    """
+
+    def __init__(self, loss: torch.Tensor, x: torch.Tensor, inputs: list[torch.Tensor],
+                 block_units: list[list[int]]) -> None:
+        self.loss, self.points, self.block_units = loss, [x, *inputs], block_units
+        self.slots: list[tuple | None] = [None] * len(self.points)
+
+    def __call__(self, route: tuple[str, ...]) -> torch.Tensor:
+        return self._at(0, route)
+
+    def _at(self, j: int, route: tuple[str, ...]) -> torch.Tensor:
+        """Cotangent at points[j] (x for j = 0, else block j-1's input); blocks j-1.. decide it."""
+        key = tuple(route[u] for units in self.block_units[max(j - 1, 0):] for u in units)
+        slot = self.slots[j]
+        if slot is not None and slot[0] == key:
+            return slot[1]
+        if j == len(self.points) - 1:
+            (grad,) = torch.autograd.grad(self.loss, self.points[j], retain_graph=True)
+        else:
+            (grad,) = torch.autograd.grad(self.points[j + 1], self.points[j], self._at(j + 1, route),
+                                          retain_graph=True)
+        self.slots[j] = (key, grad)
+        return grad
 
 
 def _subsets(n: int, k: int, samples: int, rng: np.random.Generator) -> list[frozenset[int]]:
@@ -308,22 +474,22 @@ def elementary_symmetric(g: np.ndarray) -> np.ndarray:
 
 
 def _order_decomposition(model: nn.Module, gate: ResidualGate, x: torch.Tensor, gains: np.ndarray,
-                         exact: bool, steps: _Steps) -> tuple[pd.DataFrame, float | None]:
-    """Weight of each order k: exact sum of ||Delta_S|| over |S| = k, and the gain estimate."""
+                         exact: bool, steps: _Steps, plan: "Plan | None" = None,
+                         predictions: dict | None = None) -> tuple[pd.DataFrame, float | None]:
+    """Weight of each order k: exact sum of ||Delta_S|| over |S| = k, and the gain estimate.
+
+    ``predictions``, if given, receives each mask's (tuple of scales) predicted classes on ``x``:
+    the lesions need them for the same images.
+    """
     n = gate.n
     ks = np.arange(n + 1)
     table = pd.DataFrame({"k": ks})
     check = None
     if exact:
         masks = mask_bits(n).to(gate.mask.device)
-        outputs = []
-        with torch.no_grad():
-            for m in masks:
-                gate.mask.copy_(m)
-                outputs.append(_logits(model, x).double())
-                steps()
-        gate.reset()
-        h = torch.stack(outputs)                        # [2^n, B, K]
+        h = torch.stack(_masked_outputs(model, gate, x, masks, plan, steps, lambda out: out.double()))  # 2^n,B,K
+        if predictions is not None:
+            predictions.update(zip(map(tuple, masks.tolist()), h.argmax(2)))
         terms = moebius_terms(h, n)
         total = terms.sum(0)
         check = float((total - h[-1]).norm() / h[-1].norm().clamp_min(1e-30))
@@ -339,39 +505,110 @@ def _order_decomposition(model: nn.Module, gate: ResidualGate, x: torch.Tensor, 
     return table, check
 
 
+def _masked_outputs(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks: torch.Tensor,
+                    plan: "Plan | None", steps: _Steps, reduce: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> list[torch.Tensor]:
+    """``reduce(logits)`` on ``x`` with each row of ``masks`` as the gate's branch scales, in row order.
+
+    With a plan several masks share a pass, stacked along the batch dimension (``gate.rows``), and
+    the passes run in the order ``_mask_passes`` gives, so that passes agreeing on the first units
+    follow each other and the memo carries that prefix from one to the next. Images beyond the
+    memo's budget go chunk by chunk.
+    """
+    if plan is None or not plan.passes:
+        outputs = []
+        with torch.no_grad():
+            for m in masks:
+                gate.mask.copy_(m)
+                outputs.append(reduce(_logits(model, x)))
+                steps()
+        gate.reset()
+        return outputs
+    stacked = _stack_size(len(masks), len(x), plan.rows)
+    passes = _mask_passes(masks.tolist(), plan.order, stacked)
+    parts: list[list[torch.Tensor]] = [[] for _ in masks]
+    chunks = x.split(max(1, plan.chunk // stacked))
+    try:
+        for chunk in chunks:
+            tiled = chunk.repeat(stacked, *[1] * (chunk.ndim - 1))
+            with torch.no_grad(), plan.memo(model, gate) as memo:
+                for rows in passes:
+                    gate.rows = masks[rows].T.contiguous()
+                    memo.start()
+                    out = reduce(_logits(model, tiled)).split(len(chunk))
+                    for row, i in enumerate(rows[:len(set(rows))]):   # not the padding
+                        parts[i].append(out[row])
+                    steps(len(set(rows)) / len(chunks))
+    finally:
+        gate.reset()
+    return [torch.cat(p) for p in parts]
+
+
+def _stack_size(masks: int, images: int, rows: int) -> int:
+    """How many masks a pass stacks: a power of two, up to ``rows`` rows in all."""
+    stacked = 1
+    while stacked * 2 <= min(masks, rows // max(1, images)):
+        stacked *= 2
+    return stacked
+
+
+def _mask_passes(scales: list[list[float]], order: list[int], stacked: int) -> list[list[int]]:
+    """Mask indices grouped ``stacked`` to a pass, in the order that shares the most.
+
+    Masks sort lexicographically by their scales, units in the order their adds run, except that
+    the first log2(stacked) units count last: each pass then stacks every combination of those
+    first units (for the 2^n masks of the decomposition) and the passes share prefixes in the
+    memo. A short last pass repeats its last mask, so every pass has the same rows.
+    """
+    first = stacked.bit_length() - 1
+    key = order[first:] + order[:first]
+    ranked = sorted(range(len(scales)), key=lambda i: [-scales[i][u] for u in key])
+    passes = [ranked[i:i + stacked] for i in range(0, len(ranked), stacked)]
+    passes[-1] += passes[-1][-1:] * (stacked - len(passes[-1]))
+    return passes
+
+
 def _accuracy(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> float:
     with torch.no_grad():
         return float((_logits(model, x).argmax(1) == targets).float().mean())
 
 
 def _lesions(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
-             targets: torch.Tensor, draws: int, rng: np.random.Generator,
-             steps: _Steps) -> tuple[pd.DataFrame, pd.DataFrame]:
+             targets: torch.Tensor, draws: int, rng: np.random.Generator, steps: _Steps,
+             plan: "Plan | None" = None, known: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Accuracy with each unit's branch removed (skip kept), then with k random units removed.
 
     Where C(n, k) <= ``draws`` every k-subset is measured once instead of sampled (k = 1 reuses the
-    single lesions), so the mean and sd are exact there and no forward pass is repeated.
+    single lesions), so the mean and sd are exact there and no forward pass is repeated. All sets
+    are drawn first, so the passes can run in the order that shares the most. ``known`` holds the
+    predictions on the first images under every mask (the decomposition's), which are not rerun.
     """
     n = gate.n
-    accuracy: dict[frozenset[int], float] = {}
-
-    def lesioned(removed: frozenset[int]) -> float:
-        if removed not in accuracy:
-            gate.reset()
-            gate.mask[torch.as_tensor(sorted(removed))] = 0
-            accuracy[removed] = _accuracy(model, x, targets)
-        return accuracy[removed]
-
-    single = [{"unit": unit.label, "depth": l, "accuracy": lesioned(frozenset([l]))} for l, unit in enumerate(units)]
-    steps(n)
+    drawn = [_subsets(n, k, draws, rng) for k in range(1, n + 1)]
+    sets = list(dict.fromkeys([frozenset([l]) for l in range(n)] + [s for subsets in drawn for s in subsets]))
+    masks = torch.ones(len(sets), n, device=gate.mask.device)
+    for row, removed in enumerate(sets):
+        masks[row, sorted(removed)] = 0
+    predictions = _predictions(model, gate, x, masks, plan, steps, known or {})
+    accuracy = {removed: float((p == targets).float().mean()) for removed, p in zip(sets, predictions)}
+    single = [{"unit": unit.label, "depth": l, "accuracy": accuracy[frozenset([l])]}
+              for l, unit in enumerate(units)]
     rows = []
-    for k in range(1, n + 1):
-        subsets = _subsets(n, k, draws, rng)
-        accs = [lesioned(subset) for subset in subsets]
-        steps(draws)
+    for k, subsets in enumerate(drawn, start=1):
+        accs = [accuracy[subset] for subset in subsets]
         rows.append({"k": k, "mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": len(subsets)})
-    gate.reset()
     return pd.DataFrame(single), pd.DataFrame(rows)
+
+
+def _predictions(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks: torch.Tensor,
+                 plan: "Plan | None", steps: _Steps, known: dict[tuple, torch.Tensor]) -> list[torch.Tensor]:
+    """Predicted classes under each mask: ``known`` ones for the first images, passes for the rest."""
+    first = [known.get(tuple(m)) for m in masks.tolist()]
+    done = min((len(p) for p in first), default=0) if all(p is not None for p in first) else 0
+    if done >= len(x):
+        return [p[:len(x)] for p in first]
+    rest = _masked_outputs(model, gate, x[done:], masks, plan, steps, lambda out: out.argmax(1))
+    return [torch.cat([p[:done], r]) if done else r for p, r in zip(first, rest)]
 
 
 def kendall_tau(order: list[int]) -> float:
@@ -384,14 +621,44 @@ def kendall_tau(order: list[int]) -> float:
 
 
 def _reorder(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, targets: torch.Tensor,
-             trials: int, rng: np.random.Generator, steps: _Steps) -> pd.DataFrame:
+             trials: int, rng: np.random.Generator, steps: _Steps, plan: "Plan | None" = None,
+             gate: ResidualGate | None = None, baseline: float | None = None) -> pd.DataFrame:
     """Accuracy after swapping random pairs of interchangeable blocks, against Kendall's tau.
 
     Blocks are interchangeable when their module types and input and output shapes agree, so a
-    swap keeps every tensor shape; the swapped modules trade places in their parents.
+    swap keeps every tensor shape; the swapped modules trade places in their parents. With a plan
+    (called inside ``gated``, all scales 1) the unswapped order's accuracy is ``baseline`` and the
+    orders run sorted, so those agreeing on the first blocks share them through the memo.
     """
     blocks = list(dict.fromkeys(u.module for u in units))
     modules = dict(model.named_modules())
+    pairs = _interchangeable_pairs(model, blocks, modules, x)
+    identity = tuple(range(len(blocks)))
+    drawn: list[tuple[int, list[int]]] = []
+    seen = {identity}
+    for _ in range(trials):
+        if not pairs:
+            continue
+        order = list(identity)
+        swaps = int(rng.integers(1, len(pairs) + 1))
+        for idx in rng.choice(len(pairs), swaps, replace=True):
+            a, b = pairs[idx]
+            order[a], order[b] = order[b], order[a]
+        if tuple(order) in seen:  # few interchangeable blocks: each distinct order is measured once
+            continue
+        seen.add(tuple(order))
+        drawn.append((swaps, order))
+    first = baseline if plan is not None else _accuracy(model, x, targets)
+    accuracies = _reordered_accuracy(model, blocks, modules, [o for _, o in drawn], x, targets, plan, gate)
+    rows = [{"swaps": 0, "tau": 1.0, "accuracy": first}]
+    rows += [{"swaps": swaps, "tau": kendall_tau(order), "accuracy": acc}
+             for (swaps, order), acc in zip(drawn, accuracies)]
+    return pd.DataFrame(rows)
+
+
+def _interchangeable_pairs(model: nn.Module, blocks: list[str], modules: dict[str, nn.Module],
+                           x: torch.Tensor) -> list[tuple[int, int]]:
+    """Pairs of block positions whose modules share a type and input and output shapes."""
     shapes: dict[str, tuple] = {}
 
     def keep_shape(name: str) -> Callable:
@@ -411,25 +678,27 @@ def _reorder(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, targe
     for i, b in enumerate(blocks):
         if b in shapes and shapes[b][1] == shapes[b][2]:
             groups.setdefault(shapes[b], []).append(i)
-    pairs = [(a, b) for members in groups.values() for a, b in itertools.combinations(members, 2)]
-    identity = tuple(range(len(blocks)))
-    rows = [{"swaps": 0, "tau": 1.0, "accuracy": _accuracy(model, x, targets)}]
-    seen = {identity}
-    for _ in range(trials):
-        steps()
-        if not pairs:
-            continue
-        order = list(identity)
-        swaps = int(rng.integers(1, len(pairs) + 1))
-        for idx in rng.choice(len(pairs), swaps, replace=True):
-            a, b = pairs[idx]
-            order[a], order[b] = order[b], order[a]
-        if tuple(order) in seen:  # few interchangeable blocks: each distinct order is measured once
-            continue
-        seen.add(tuple(order))
-        with _placed(model, blocks, order, modules):
-            rows.append({"swaps": swaps, "tau": kendall_tau(order), "accuracy": _accuracy(model, x, targets)})
-    return pd.DataFrame(rows)
+    return [(a, b) for members in groups.values() for a, b in itertools.combinations(members, 2)]
+
+
+def _reordered_accuracy(model: nn.Module, blocks: list[str], modules: dict[str, nn.Module],
+                        orders: list[list[int]], x: torch.Tensor, targets: torch.Tensor,
+                        plan: "Plan | None", gate: ResidualGate | None) -> list[float]:
+    """Accuracy with the blocks placed in each order; with a plan, orders sorted and memo-shared."""
+    if plan is None or not plan.passes:
+        accuracies = []
+        for order in orders:
+            with _placed(model, blocks, order, modules):
+                accuracies.append(_accuracy(model, x, targets))
+        return accuracies
+    parts: list[list[torch.Tensor]] = [[] for _ in orders]
+    for chunk in x.split(plan.chunk):
+        with torch.no_grad(), plan.memo(model, gate) as memo:
+            for i in sorted(range(len(orders)), key=lambda i: orders[i]):
+                with _placed(model, blocks, orders[i], modules):
+                    memo.start(tuple(orders[i]))
+                    parts[i].append(_logits(model, chunk).argmax(1))
+    return [float((torch.cat(p) == targets).float().mean()) for p in parts]
 
 
 class _placed:
@@ -450,3 +719,50 @@ class _placed:
     def __exit__(self, *exc) -> None:
         for name in self.blocks:
             self._set(name, self.modules[name])
+
+
+# --------------------------------------------------------------------------------------------------
+# checking a reuse plan against plain passes
+
+
+def _checked(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor) -> Plan:
+    """Turn off what does not reproduce plain passes on ``x`` (two images): stacking, memo, chain.
+
+    Whatever fails here (a model the probe misread) falls back to plain passes as well.
+    """
+    n = gate.n
+    masks = torch.ones(4, n, device=gate.mask.device)
+    masks[1, plan.order[-1]] = masks[2, plan.order[0]] = 0
+    masks[3] = 0
+    silent = _Steps(None, 0)
+    plain = _masked_outputs(model, gate, x, masks, None, silent, lambda out: out)
+    for rows in (2 * len(x), 1):   # two masks stacked a pass (batch dimension first), else one
+        plan.rows = rows
+        if _agrees(lambda: _masked_outputs(model, gate, x, masks, plan, silent, lambda out: out), plain):
+            plan.rows = STACKED_ROWS if rows > 1 else 1
+            break
+    else:
+        plan.passes = False
+    if plan.chain:
+        plan.chain = _chain_agrees(plan, model, gate, x, plain[0].argmax(1), silent)
+    return plan
+
+
+def _chain_agrees(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
+                  steps: _Steps) -> bool:
+    """Whether ``_ChainBackward`` gives the whole backward pass's gradient on a mixed route."""
+    routes = [tuple(("branch", "skip")[u % 2] for u in range(gate.n))]
+    loss, xg, inputs = _shared_forward(model, gate, x, targets, plan.blocks)
+    whole = torch.tensor(_routed_norms(gate, _whole_backward(loss, xg), routes, plan.order, steps))
+    chain = _ChainBackward(loss, xg, inputs, plan.block_units)
+    return _agrees(lambda: [torch.tensor(_routed_norms(gate, chain, routes, plan.order, steps))], [whole])
+
+
+def _agrees(compute: Callable[[], list[torch.Tensor]], expected: list[torch.Tensor]) -> bool:
+    """Whether ``compute()`` runs and matches ``expected`` to float rounding."""
+    try:
+        found = compute()
+    except Exception:  # noqa: BLE001 - a reuse the model does not support: use plain passes
+        return False
+    return all(a.shape == b.shape and bool(torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max())))
+               for a, b in zip(found, expected))
