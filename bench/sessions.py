@@ -62,6 +62,9 @@ async def run(n: int) -> tuple[float, float]:
                 times = await asyncio.gather(*(one_session(browser, server.url, start) for _ in range(n)))
                 memory = rss_mib(server.process.pid)
                 await browser.close()
+        except Exception:
+            print(server.log.read_text()[-3000:], file=sys.stderr)
+            raise
         finally:
             stop(server)
     return max(times), memory

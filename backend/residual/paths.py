@@ -412,7 +412,7 @@ class _ChainBackward:
     The cotangent at a block's input depends only on the routes of that block and the later ones,
     so one slot per block keeps it for the next route if they agree there (routes come sorted from
     the last block back). Exact where each block's input is the only way x reaches later blocks,
-    which ``Plan`` checks on two images before trusting it.
+    which ``_checked`` compares with plain passes on two images before trusting it.
     """
 
     def __init__(self, loss: torch.Tensor, x: torch.Tensor, inputs: list[torch.Tensor],
