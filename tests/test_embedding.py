@@ -299,6 +299,7 @@ def test_map_shows_a_pca_preview_until_the_umap_map_is_ready(small_loaded, small
     """A slow UMAP (held on an Event): the view shows the PCA map of the same representation first, with
     hover and box selection working on it, then the UMAP map, keeping the selection; cached, at once."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
     import threading
 
     import netatlas.backend.workspace as workspace
@@ -362,4 +363,5 @@ def test_map_shows_a_pca_preview_until_the_umap_map_is_ready(small_loaded, small
         await again._build(ws, LOGITS, "umap")
         assert shown == [("umap", False)]
 
-    asyncio.run(scenario())
+    with ThreadPoolExecutor(1) as thread:   # a loop of its own: the browser tests' Playwright keeps one running here
+        thread.submit(asyncio.run, scenario()).result()
