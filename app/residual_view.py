@@ -11,7 +11,6 @@ import panel as pn
 import param
 
 from netatlas.app.state import AppState
-from netatlas.backend.residual.blocks import find_residual_units
 from netatlas.backend.residual.paths import PathSettings, ResidualReport
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.residual import residual_figures
@@ -50,7 +49,7 @@ class ResidualView(pn.viewable.Viewer):
         self.plots.objects = []
         if ws is None:
             return
-        units = find_residual_units(ws.loaded.model)
+        units = ws.residual_units
         self.units.param.update(options={u.label: u.key for u in units}, value=[u.key for u in units])
         self.summary.object = ABOUT if units else (
             "**No residual units found** in this model: no `x + f(x)` add that netatlas can trace.")

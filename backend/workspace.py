@@ -25,7 +25,7 @@ from netatlas.backend.embedding import EmbedSettings, Embedding, embed
 from netatlas.backend.facets import FacetReport, FacetSettings, build_facets, penultimate_layer
 from netatlas.backend.featviz import FeatvizSettings, Objective
 from netatlas.backend.model_info import describe_model
-from netatlas.backend.residual.blocks import find_residual_units, parse_units
+from netatlas.backend.residual.blocks import ResidualUnit, find_residual_units, parse_units
 from netatlas.backend.residual.paths import PathSettings, ResidualReport, analyze_paths
 from netatlas.backend.errors import NetatlasError
 
@@ -72,6 +72,11 @@ class Workspace:
         so it is kept in memory rather than cached on disk."""
         with self.model_lock:  # the clone must not copy forwards that another analysis has patched
             return trace_circuit(self.loaded.model, example_input(self.loaded.input_shape))
+
+    @cached_property
+    def residual_units(self) -> list[ResidualUnit]:
+        """The model's residual units (the Residual tab's choices): traced once for every session."""
+        return find_residual_units(self.loaded.model)
 
     def _inputs(self, **extra: object) -> dict[str, object]:
         return {**self.loaded.identity, "dataset": self.dataset.manifest_hash,
@@ -197,7 +202,7 @@ class Workspace:
                        progress: Progress | None = None) -> ResidualReport:
         """The residual-path report for the chosen units (default: all found), cached in Parquet."""
         model = self.loaded.model.to(self.device)
-        units = find_residual_units(model) if unit_keys is None else parse_units(model, unit_keys)
+        units = self.residual_units if unit_keys is None else parse_units(model, unit_keys)
         inputs = self._inputs(analysis="residual-paths", residual_version=RESIDUAL_VERSION,
                               units=[u.key for u in units], settings=asdict(settings))
 
