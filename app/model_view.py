@@ -13,7 +13,8 @@ class ModelView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
         self.state = state
-        self.summary = pn.pane.Markdown("Load a checkpoint to see its modules.", sizing_mode="stretch_width")
+        self.summary = pn.pane.Markdown("Load a checkpoint to see its modules.", sizing_mode="stretch_width",
+                                       css_classes=["na-model-summary"])
         self.tree = pn.widgets.Tabulator(
             None, show_index=False, disabled=True, sizing_mode="stretch_width", height=600,
             pagination=None, layout="fit_data_stretch", css_classes=["na-module-tree"],

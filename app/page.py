@@ -60,13 +60,25 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
 
 
 def view_tabs(views: dict[str, Any]) -> pn.Tabs:
-    """The views as tabs; the diagram, tree and map are computed when their tab is first shown."""
-    tabs = pn.Tabs(*views.items(), dynamic=False, sizing_mode="stretch_width")
+    """The views as tabs. A tab is rendered when it is first opened and then kept: a session pays only for
+    the views it looks at (on the demo, rendering every tab at load was half the server's work per page).
+    The diagram, tree and map are also computed only when their tab is first shown.
+
+    Panel's own ``dynamic`` tabs are not used: they detach a hidden tab's models, and a pane updated while
+    detached links its stylesheets from Panel's CDN (a request to another host when the tab shows again)."""
+    names = list(views)
+    tabs = pn.Tabs(*[(name, views[name] if i == 0 else pn.Column(name=name)) for i, name in enumerate(names)],
+                   sizing_mode="stretch_width")
+    rendered = {names[0]}
     lazy = [views[name] for name in ("Diagram", "DendroMap", "Map")]
 
     async def on_tab(event) -> None:
+        name = names[event.new]
+        if name not in rendered:
+            rendered.add(name)
+            tabs[event.new] = (name, views[name])
         for view in lazy:
-            view.shown = list(views.values())[event.new] is view
+            view.shown = views[name] is view
             await view.activate()
     tabs.param.watch(on_tab, "active")
     return tabs

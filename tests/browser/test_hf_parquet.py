@@ -75,6 +75,6 @@ def test_every_tab_renders_on_a_hf_folder_and_a_parquet_dataset(page, hf_server)
     page.get_by_text("KAN", exact=True).click()
     expect(page.locator(".na-kan-summary")).to_be_visible(timeout=60_000)
 
-    assert not errors, errors
     assert not elsewhere, elsewhere
+    assert not errors, errors
     assert hf_server.alive()
