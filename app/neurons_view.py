@@ -85,13 +85,18 @@ class NeuronsView(pn.viewable.Viewer):
             self.layer.param.update(options=options, value=default_layer(modules) or LOGITS)
         finally:
             self._quiet = False
-        await self._on_layer()
+        await self._on_layer(with_representation=True)
 
-    async def _on_layer(self, _event=None) -> None:
+    async def _on_layer(self, _event=None, with_representation: bool = False) -> None:
+        """Show ``layer``'s activations. The first pass on a newly opened model (``with_representation``)
+        also captures the representation the DendroMap and Map cluster: those tabs then open without a
+        second pass over the dataset."""
         ws, layer, reduction = self.workspace, self.layer.value, self.reduction.value
         if ws is None or not layer or self._quiet:
             return
         layers = [] if layer == LOGITS else [layer]
+        if with_representation and reduction == "mean":
+            layers += [name for name in [ws.representation_layer()] if name and name not in layers]
         acts = await self.state.run(f"Computing activations of {layer}",
                                     lambda progress: ws.activations(layers, reduction, progress))
         if acts is None or (ws, layer, reduction) != (self.workspace, self.layer.value, self.reduction.value):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,3 +45,9 @@ def preprocess_by_hand(images: np.ndarray, mean, std) -> torch.Tensor:
         x = x[..., None]
     x = (x - np.asarray(mean, dtype=np.float64)) / np.asarray(std, dtype=np.float64)
     return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
+
+
+def run_coroutine(coroutine) -> None:
+    """To completion in a thread of its own: the browser tests' sync Playwright keeps a loop running here."""
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, coroutine).result()

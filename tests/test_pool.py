@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -25,6 +23,7 @@ from netatlas.backend.demo import demo_checkpoint
 from netatlas.backend.errors import NetatlasError
 from netatlas.backend.pool import SharedPool, model_key, open_workspace, parse_bytes
 from netatlas.backend.workspace import Workspace
+from tests.backend_support import run_coroutine
 
 
 def test_one_build_per_key_shared_until_the_last_release():
@@ -142,12 +141,6 @@ def test_a_result_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypatch
         t.join(120)
     assert passes == [1] and trees == [1] and len(results) == 3
     np.testing.assert_array_equal(results[0].order, results[2].order)
-
-
-def run_coroutine(coroutine) -> None:
-    """To completion in a thread of its own: the browser tests' sync Playwright keeps a loop running here."""
-    with ThreadPoolExecutor(1) as thread:
-        thread.submit(asyncio.run, coroutine).result()
 
 
 def _session(tmp_path) -> tuple[AppState, LoaderView]:
