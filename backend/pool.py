@@ -11,12 +11,13 @@ once: a load that would pass it is refused with a message, and the server keeps 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, TypeVar
 
 from torch import nn
 
@@ -71,6 +72,12 @@ class _Entry:
     holders: int = 0
 
 
+@dataclass
+class _Build:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    callers: int = 0                   # holding or waiting on the lock
+
+
 class Handle(Generic[T]):
     """One holder's claim on a shared object; ``release`` (idempotent) gives the claim back."""
 
@@ -90,7 +97,7 @@ class SharedPool:
 
     max_bytes: int = field(default_factory=default_max_memory)
     _entries: dict[str, _Entry] = field(default_factory=dict, repr=False)
-    _building: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _building: dict[str, _Build] = field(default_factory=dict, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def acquire(self, key: str, build: Callable[[], T], nbytes: Callable[[T], int] = lambda _: 0,
@@ -99,9 +106,7 @@ class SharedPool:
         being built waits for that build instead of building again. ``estimate`` (bytes) refuses a build
         that cannot fit before it starts; ``on_drop`` runs when the object built by this call is dropped
         (its last holder released it). ``label`` names the object in the log (unlabelled: not logged)."""
-        with self._guard:
-            lock = self._building.setdefault(key, threading.Lock())
-        with lock:
+        with self._building_lock(key):
             with self._guard:
                 entry = self._entries.get(key)
                 if entry is not None:
@@ -118,6 +123,22 @@ class SharedPool:
                 log.info("loaded %s (%s; sessions hold %s of %s)", label, format_bytes(size),
                          format_bytes(held), format_bytes(self.max_bytes))
             return Handle(self, key, value)
+
+    @contextlib.contextmanager
+    def _building_lock(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s build lock; the lock is forgotten when no caller holds or waits on it, so a server
+        that opens many models over its life keeps no lock per key it ever saw."""
+        with self._guard:
+            build = self._building.setdefault(key, _Build())
+            build.callers += 1
+        try:
+            with build.lock:
+                yield
+        finally:
+            with self._guard:
+                build.callers -= 1
+                if not build.callers:
+                    del self._building[key]
 
     def _check_budget(self, size: int) -> None:
         if self.held_bytes + size > self.max_bytes:

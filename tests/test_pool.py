@@ -59,6 +59,15 @@ def test_a_second_caller_waits_for_the_build_in_flight():
     finish.set()
     first.join(5), second.join(5)
     assert builds == [1] and handles[0].value is handles[1].value
+    assert not pool._building                # no lock kept for a key nobody is building
+
+
+def test_a_failed_build_leaves_no_lock_and_can_be_retried():
+    pool = SharedPool(max_bytes=1 << 30)
+    with pytest.raises(ZeroDivisionError):
+        pool.acquire("k", lambda: 1 / 0)
+    assert not pool._building and len(pool) == 0
+    assert pool.acquire("k", lambda: 42).value == 42
 
 
 def test_the_memory_budget_refuses_with_a_message_and_keeps_what_is_held():
