@@ -5,8 +5,10 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
+import param
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -180,3 +182,25 @@ def test_a_session_closed_while_loading_gives_its_workspace_back(tmp_path):
     state.release()                          # the page closed before its Load finished
     run_coroutine(loader.load())
     assert state.workspace is None and len(POOL) == held
+
+
+def test_the_first_neurons_pass_also_captures_what_the_dendromap_clusters(tmp_path, monkeypatch):
+    """Opening a model costs one pass over the dataset, not one for the Neurons tab and one for the DendroMap."""
+    passes = []
+    extract = workspace_module.extract_activations
+    monkeypatch.setattr(workspace_module, "extract_activations",
+                        lambda *a, **k: passes.append(list(a[3])) or extract(*a, **k))
+    state = AppState(AppConfig(cache_dir=tmp_path))
+    neurons = build_views(state)["Neurons"]
+    ws = Workspace(load_checkpoint(demo_checkpoint()), demo_dataset(), ResultCache(tmp_path), "cpu")
+    with param.parameterized.discard_events(state):   # the views are driven by hand below
+        state.workspace = ws
+    run_coroutine(neurons._on_workspace(SimpleNamespace(new=ws)))
+    assert passes == [[neurons.layer.value, ws.representation_layer()]]
+    assert neurons.values is not None and neurons.values.shape == (len(ws.dataset), 64)
+    ws.cluster_tree()
+    assert len(passes) == 1                               # the tree reads the representation from the cache
+    with param.parameterized.discard_events(neurons.layer):
+        neurons.layer.value = "blocks.0"                  # a layer chosen later is extracted alone
+    run_coroutine(neurons._on_layer())
+    assert passes[1:] == [["blocks.0"]]
