@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import threading
 
 import numpy as np
 import pandas as pd
@@ -425,44 +424,6 @@ def test_detects_torchvision_and_demo_blocks():
             units[0].module))) for u in units)
     r18 = [u.module for u in find_residual_units(torchvision.models.resnet18())]
     assert r18 == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
-
-
-def test_finding_units_while_other_threads_run_the_model():
-    """A server finds a shared model's units on one thread while another extracts with it, and two sessions
-    may find units at once: fx patches nn.Module for the whole process while it traces."""
-    model = DemoResNet().eval()
-    x = torch.randn(8, 1, 28, 28)
-    with torch.no_grad():
-        expected = model(x)
-    stop, errors, forwards = threading.Event(), [], [0]
-
-    def forwards_meanwhile() -> None:
-        try:
-            while not stop.is_set():
-                with torch.no_grad():
-                    torch.testing.assert_close(model(x), expected)
-                forwards[0] += 1
-        except Exception as exc:        # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    def find(out: list) -> None:
-        out.extend(tuple(u.module for u in find_residual_units(model)) for _ in range(15))
-
-    runner, found = threading.Thread(target=forwards_meanwhile), ([], [])
-    runner.start()
-    finders = [threading.Thread(target=find, args=(out,)) for out in found]
-    for t in finders:
-        t.start()
-    for t in finders:
-        t.join()
-    stop.set()
-    runner.join()
-    assert not errors, errors[0]
-    assert forwards[0] > 0
-    reference = tuple(f"blocks.{i}" for i in range(6))
-    assert all(units == reference for out in found for units in out) and len(found[0]) == 15
-    assert nn.Module.__call__ is torch.fx._symbolic_trace._orig_module_call      # no trace left it patched
-    assert nn.Module.__getattr__ is torch.fx._symbolic_trace._orig_module_getattr
 
 
 @pytest.mark.parametrize("norm_first", [False, True])

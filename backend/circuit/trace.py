@@ -26,6 +26,7 @@ from torch import nn
 
 from netatlas.backend.circuit.graph import Circuit, Edge, Op
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.fx_threads import confine_fx_patches
 
 ATOMIC: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
@@ -47,6 +48,7 @@ def trace_circuit(model: nn.Module, example: Any) -> Circuit:
     thread may be running it). If an op has no meta kernel (data-dependent shapes), the clone gets
     real, uninitialised CPU weights and runs for real, with a note.
     """
+    confine_fx_patches()   # fx and torch.export patch nn.Module process-wide while they trace
     notes: list[str] = []
     clone = _meta_clone(model)
     try:

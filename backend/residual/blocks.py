@@ -16,7 +16,6 @@ import contextlib
 import copy
 import inspect
 import operator
-import threading
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -25,13 +24,11 @@ import torch.fx
 from torch import nn
 
 from netatlas.backend.errors import NetatlasError
+from netatlas.backend.fx_threads import confine_fx_patches
 
 Route = Literal["both", "branch", "skip"]
 _ADD_TARGETS = (operator.add, operator.iadd, torch.add)
 _TRANSFORMER_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
-# fx patches ``nn.Module.__call__`` and ``__getattr__`` on the class while it traces, and each trace restores
-# what it found when it started: two traces in two threads would unpatch each other, or leave one patched.
-_TRACE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -160,24 +157,8 @@ class _BlockTracer(torch.fx.Tracer):
     children fx cannot enter (shape arithmetic in Hugging Face attention) do no harm.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._thread = threading.get_ident()
-
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return True
-
-    # While fx traces, every module call and attribute read in the process passes through the tracer, and
-    # a server's other threads keep running forwards (a shared model's extraction): theirs pass through.
-    def call_module(self, m: nn.Module, forward: Callable, args: tuple, kwargs: dict) -> object:
-        if threading.get_ident() != self._thread:
-            return forward(*args, **kwargs)
-        return super().call_module(m, forward, args, kwargs)
-
-    def getattr(self, attr: str, attr_val: object, parameter_proxy_cache: dict) -> object:
-        if threading.get_ident() != self._thread:
-            return attr_val
-        return super().getattr(attr, attr_val, parameter_proxy_cache)
 
 
 def _traceable(module: nn.Module) -> nn.Module:
@@ -249,9 +230,9 @@ def _residual_adds(graph: torch.fx.Graph) -> list[tuple[torch.fx.Node, int]]:
 
 
 def _trace(module: nn.Module) -> torch.fx.GraphModule | None:
+    confine_fx_patches()                  # a server's other threads keep running models while this traces
     try:
-        with _TRACE_LOCK:
-            graph = _BlockTracer().trace(_traceable(module))
+        graph = _BlockTracer().trace(_traceable(module))
     except Exception:  # control flow on tensor values, unsupported ops: not a traceable block
         return None
     _keep_defaults(graph, module)
