@@ -55,8 +55,8 @@ class NeuronsView(pn.viewable.Viewer):
         self.facets = FacetsView(state, self.current_unit, self.current_values)
         self.rendered: list = []  # callbacks after each render: other views that follow the unit
         state.param.watch(self._on_workspace, "workspace")
-        self.layer.param.watch(self._on_layer, "value")
-        self.reduction.param.watch(self._on_layer, "value")
+        self.layer.param.watch(self._on_choice, "value")
+        self.reduction.param.watch(self._on_choice, "value")
         self.unit.param.watch(lambda _: self._quiet or self.render(), "value")
         self._quiet = False
 
@@ -87,12 +87,18 @@ class NeuronsView(pn.viewable.Viewer):
             self._quiet = False
         await self._on_layer(with_representation=True)
 
-    async def _on_layer(self, _event=None, with_representation: bool = False) -> None:
+    def _on_choice(self, _event) -> None:
+        """A layer or reduction the user chose. Checked when the change happens: an async watcher would
+        run after ``_quiet`` is lifted, and extract the layer a newly opened workspace sets on its own."""
+        if not self._quiet:
+            pn.state.execute(self._on_layer)
+
+    async def _on_layer(self, with_representation: bool = False) -> None:
         """Show ``layer``'s activations. The first pass on a newly opened model (``with_representation``)
         also captures the representation the DendroMap and Map cluster: those tabs then open without a
         second pass over the dataset."""
         ws, layer, reduction = self.workspace, self.layer.value, self.reduction.value
-        if ws is None or not layer or self._quiet:
+        if ws is None or not layer:
             return
         layers = [] if layer == LOGITS else [layer]
         if with_representation and reduction == "mean":
