@@ -133,7 +133,10 @@ class LoaderView(pn.viewable.Viewer):
                 dataset, ResultCache(config.cache_dir), config.device, dask=config.dask_client, source=str(data),
                 estimate=file_nbytes(ckpt), label=ckpt.name)
             try:
-                handle.value.modules  # noqa: B018 - the module table needs a forward pass; do it off the loop
+                # Off the event loop: the module table needs a forward pass, and finding the residual units
+                # a trace, which waits while another session's trace runs (fx traces one at a time).
+                handle.value.modules  # noqa: B018
+                handle.value.residual_units  # noqa: B018
             except BaseException:
                 handle.release()
                 raise
