@@ -202,7 +202,7 @@ class Workspace:
                        progress: Progress | None = None) -> ResidualReport:
         """The residual-path report for the chosen units (default: all found), cached in Parquet."""
         model = self.loaded.model.to(self.device)
-        units = self.residual_units if unit_keys is None else parse_units(model, unit_keys)
+        units = self.residual_units if unit_keys is None else parse_units(model, unit_keys, self.residual_units)
         inputs = self._inputs(analysis="residual-paths", residual_version=RESIDUAL_VERSION,
                               units=[u.key for u in units], settings=asdict(settings))
 

@@ -262,9 +262,10 @@ def find_residual_units(model: nn.Module) -> list[ResidualUnit]:
     return sorted(units, key=lambda u: (order[u.module], u.index))
 
 
-def parse_units(model: nn.Module, keys: list[str]) -> list[ResidualUnit]:
-    """Units chosen by the user as ``module`` (all its adds) or ``module#index`` keys."""
-    found = find_residual_units(model)
+def parse_units(model: nn.Module, keys: list[str], found: list[ResidualUnit] | None = None) -> list[ResidualUnit]:
+    """Units chosen by the user as ``module`` (all its adds) or ``module#index`` keys, among ``found``
+    (default: traced from ``model`` now; a Workspace passes the units it traced once)."""
+    found = find_residual_units(model) if found is None else found
     by_module: dict[str, list[ResidualUnit]] = {}
     for unit in found:
         by_module.setdefault(unit.module, []).append(unit)
