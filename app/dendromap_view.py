@@ -2,7 +2,9 @@
 
 Click a cluster to zoom in, a breadcrumb to go back; colour by accuracy, a class's share or the
 Neurons tab's unit; filter and search to see where matches sit; a side panel describes the current
-cluster (classes, top units) and the clicked image (with its nearest neighbours).
+cluster (classes, top units) and the clicked image (with its nearest neighbours). A model without
+predictions (a backbone, no classifier head) gets no accuracy colouring, prediction filter, misclassified
+outline or prediction column anywhere: the tab colours by a class's share instead.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
+from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_name, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
 from netatlas.app.treemap_pane import TreemapPane
@@ -30,6 +32,24 @@ from netatlas.viz.treemap import legend_html
 MAP_WIDTH, MAP_HEIGHT = 640, 520
 ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
+NEEDS_PREDICTIONS = ("Accuracy",)
+CLASS_COUNTS = ["class", "label", "count"]     # what the class table keeps without predictions
+
+
+def class_table(labels: np.ndarray, predictions: np.ndarray | None, class_names: list[str]) -> pd.DataFrame:
+    """Per-class rows of a set of images: counts, and accuracy, FNR and FPR only when there are predictions."""
+    if predictions is None:       # labels stand in for the predictions class_stats needs; its rates are dropped
+        return class_stats(labels, labels, class_names)[CLASS_COUNTS]
+    return class_stats(labels, predictions, class_names)
+
+
+def color_options(has_predictions: bool) -> list[str]:
+    """The DendroMap's colourings: accuracy only when the model predicts the dataset's classes."""
+    return [name for name in COLOR_BY if has_predictions or name not in NEEDS_PREDICTIONS]
+
+
+def default_color(has_predictions: bool) -> str:
+    return "Accuracy" if has_predictions else "Share of a class"
 
 
 class DendroMapView(pn.viewable.Viewer):
@@ -55,6 +75,8 @@ class DendroMapView(pn.viewable.Viewer):
         self.misclassified = pn.widgets.RadioButtonGroup(name="Misclassified", options=["outline", "fade", "none"],
                                                          value="outline", button_type="primary",
                                                          button_style="outline", width=240)
+        self.misclassified_box = pn.Column(pn.pane.Markdown("Misclassified images", margin=(0, 5)),
+                                           self.misclassified)
         self.true_label = pn.widgets.Select(name="True label", options=[ANY], width=120, css_classes=["na-true"])
         self.predicted = pn.widgets.Select(name="Predicted", options=[ANY], width=120, css_classes=["na-pred"])
         self.wrong_only = pn.widgets.Checkbox(name="misclassified only", width=140, margin=(30, 10, 5, 10),
@@ -81,6 +103,8 @@ class DendroMapView(pn.viewable.Viewer):
                                               sizing_mode="stretch_width", css_classes=["na-export"])
         state.param.watch(self._on_workspace, "workspace")
         self.layer.param.watch(self._on_layer, "value")
+        self.has_predictions = True                  # whether the model predicts the dataset's classes
+        self._chosen_color = self.color_by.value      # the user's colouring, back when it is offered again
         for widget in (self.k, self.cell, self.color_class, self.misclassified):
             widget.param.watch(lambda _: self.render(), "value")
         self.color_by.param.watch(self._on_color_by, "value")
@@ -104,7 +128,8 @@ class DendroMapView(pn.viewable.Viewer):
         self.treemap.html = ""
         if ws is None:
             return
-        options = layer_options(ws.modules, "logits (model output)")
+        predicts = not ws.predictions_note
+        options = layer_options(ws.modules, "logits (model output)" if predicts else "model output")
         classes = [ANY, *ws.dataset.classes]
         self._quiet = True
         try:
@@ -113,6 +138,7 @@ class DendroMapView(pn.viewable.Viewer):
             self.predicted.param.update(options=classes, value=ANY)
             self.color_class.param.update(options=ws.dataset.classes,
                                           value=ws.dataset.classes[0] if ws.dataset.classes else None)
+            self._offer_predictions(predicts)
         finally:
             self._quiet = False
         self.summary.object = "Open this tab to cluster the dataset."
@@ -147,21 +173,40 @@ class DendroMapView(pn.viewable.Viewer):
             _, vectors, acts = ws.representation(name)
             return tree, vectors, acts.predictions
 
-        result = await self.state.run(f"Clustering {len(ws.dataset):,} images on {layer}", work)
+        result = await self.state.run(f"Clustering {len(ws.dataset):,} images on {layer_name(layer, ws)}", work)
         if result is None or ws is not self.state.workspace or layer != self.layer.value:
             return
         self.show(*result)
 
-    def show(self, tree: ClusterTree, vectors: np.ndarray, predictions: np.ndarray) -> None:
-        """Show a built tree from its root (the page builds off the event loop, a notebook in its cell)."""
+    def show(self, tree: ClusterTree, vectors: np.ndarray, predictions: np.ndarray | None) -> None:
+        """Show a built tree from its root (the page builds off the event loop, a notebook in its cell);
+        ``predictions`` None: the model has none, and nothing about them is offered or shown."""
         self.tree, self.vectors = tree, vectors
         dataset = self.state.workspace.dataset
         self.data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
+        self._quiet = True
+        try:
+            self._offer_predictions(predictions is not None)
+        finally:
+            self._quiet = False
         self._filter, self._side_key, self._unit_means = (None, None), None, (None, None, None)
         self.path, self.image, self.external = [self.tree.root], None, None
         self._apply_filter()
         for callback in self.navigated:
             callback()
+
+    def _offer_predictions(self, offered: bool) -> None:
+        """Offer the accuracy colouring, the predicted-class filter and the misclassified outline only when
+        the model has predictions (the colouring the user chose, where offered; else the default)."""
+        self.has_predictions = offered
+        options = color_options(offered)
+        value = self._chosen_color if self._chosen_color in options else default_color(offered)
+        self.color_by.param.update(options=options, value=value)
+        self.color_class.visible = value == "Share of a class"
+        if not offered:
+            self.predicted.value, self.wrong_only.value = ANY, False
+        for widget in (self.predicted, self.wrong_only, self.misclassified_box):
+            widget.visible = offered
 
     # ----------------------------------------------------------------------------- navigation
     async def zoom_to(self, node: int) -> None:
@@ -230,9 +275,9 @@ class DendroMapView(pn.viewable.Viewer):
         classes, masks = self.data.class_names, []
         if self.true_label.value != ANY:
             masks.append(self.data.labels == classes.index(self.true_label.value))
-        if self.predicted.value != ANY:
+        if self.data.has_predictions and self.predicted.value != ANY:
             masks.append(self.data.predictions == classes.index(self.predicted.value))
-        if self.wrong_only.value:
+        if self.data.has_predictions and self.wrong_only.value:
             masks.append(self.data.wrong)
         if query:
             masks.append(np.char.find(self._keys(self.state.workspace.dataset), query) >= 0)
@@ -254,6 +299,8 @@ class DendroMapView(pn.viewable.Viewer):
 
     # ----------------------------------------------------------------------------- colour
     def _on_color_by(self, _event=None) -> None:
+        if not self._quiet:
+            self._chosen_color = self.color_by.value
         self.color_class.visible = self.color_by.value == "Share of a class"
         self.render()
 
@@ -272,7 +319,12 @@ class DendroMapView(pn.viewable.Viewer):
         if self._unit_means[0] != key:                # prefix sums once per unit, not per frame
             self._unit_means = (key, node_means(self.tree, values), (float(values.min()), float(values.max())))
         _, means, value_range = self._unit_means
-        return means, value_range, f"mean activation of unit {unit} of {layer or 'the logits'}"
+        return means, value_range, f"mean activation of unit {unit} of {layer or self._output_name}"
+
+    @property
+    def _output_name(self) -> str:
+        """The model's output, as the page names it: logits only when they are a classifier's."""
+        return "the logits" if self.has_predictions else "the model output"
 
     # ----------------------------------------------------------------------------- render
     def render(self) -> None:
@@ -313,7 +365,7 @@ class DendroMapView(pn.viewable.Viewer):
     def _render_side(self) -> None:
         tree, data, node = self.tree, self.data, self.node
         images = tree.images(node)
-        acc = tree.accuracy[node]
+        acc = tree.accuracy[node] if data.has_predictions else np.nan
         matches = data.hits_in(node) if data.hits is not None else None
         self.summary.object = (
             f"**Cluster #{node}**: {tree.count[node]:,} images ({tree.count[node] / tree.n_images:.1%} of the "
@@ -322,14 +374,16 @@ class DendroMapView(pn.viewable.Viewer):
             + (f" · **{len(matches):,} match the filter** ({len(data.hits_in(tree.root)):,} in all"
                f"{', selected on the Map' if self.external is not None else ''})"
                if matches is not None else "")
-            + f"  \n{tree.meta.get('method', '')} tree on `{tree.meta.get('layer') or 'logits'}`")
+            + f"  \n{tree.meta.get('method', '')} tree on "
+              f"`{tree.meta.get('layer') or self._output_name.removeprefix('the ')}`")
         self.export.filename = f"cluster_{node}.csv"
         values = self.neurons.values
         key = (id(tree), node, id(values))
         if key == self._side_key:                     # a filter changed, not the cluster or the layer
             return
         if key[:2] != (self._side_key or (None, None))[:2]:
-            stats = class_stats(data.labels[images], data.predictions[images], data.class_names)
+            stats = class_table(data.labels[images], None if data.predictions is None else data.predictions[images],
+                                data.class_names)
             self.classes.value = stats.round(4)
         self._side_key = key
         if values is not None and len(values) == tree.n_images:
@@ -369,16 +423,17 @@ class DendroMapView(pn.viewable.Viewer):
         images = data.hits_in(node) if data.hits is not None else self.tree.images(node)
         frame = pd.DataFrame({
             "index": images, "id": [data.ids[i] for i in images], "label": data.labels[images],
-            "class": [data.class_name(int(l)) for l in data.labels[images]],
-            "prediction": data.predictions[images],
-            "predicted_class": [data.class_name(int(p)) for p in data.predictions[images]],
-            "correct": pd.array(~data.wrong[images], dtype="boolean"), "cluster": node})
-        frame.loc[data.labels[images] < 0, "correct"] = pd.NA   # unlabeled: neither right nor wrong
+            "class": [data.class_name(int(l)) for l in data.labels[images]]})
+        if data.has_predictions:
+            frame["prediction"] = data.predictions[images]
+            frame["predicted_class"] = [data.class_name(int(p)) for p in data.predictions[images]]
+            frame["correct"] = pd.array(~data.wrong[images], dtype="boolean")
+            frame.loc[data.labels[images] < 0, "correct"] = pd.NA   # unlabeled: neither right nor wrong
+        frame["cluster"] = node
         return io.BytesIO(frame.to_csv(index=False).encode())
 
     def __panel__(self) -> pn.viewable.Viewable:
-        controls = pn.FlexBox(self.layer, self.k, self.cell, self.color_by, self.color_class,
-                              pn.Column(pn.pane.Markdown("Misclassified images", margin=(0, 5)), self.misclassified))
+        controls = pn.FlexBox(self.layer, self.k, self.cell, self.color_by, self.color_class, self.misclassified_box)
         filters = pn.FlexBox(self.true_label, self.predicted, self.wrong_only, self.search)
         side = pn.Column(self.summary, "#### Classes (choose a row to highlight)", self.classes,
                          "#### Top units (Neurons tab layer; choose to colour)", self.units, self.export,

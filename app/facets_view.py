@@ -55,7 +55,7 @@ class FacetsView(pn.viewable.Viewer):
         featviz_settings = FeatvizSettings(optimizer=self.optimizer.value, steps=int(self.steps.value),
                                            diversity=float(self.diversity.value))
         report = await self.state.run(
-            f"Facets of {layer or 'logit'} unit {unit}",
+            f"Facets of {layer or output_name(ws)} unit {unit}",
             lambda progress: ws.facets(layer, unit, facet_settings, featviz_settings, progress))
         if report is None or (layer, unit) != self.current_unit() or ws is not self.state.workspace:
             return
@@ -77,7 +77,7 @@ class FacetsView(pn.viewable.Viewer):
         top, bottom = top_bottom(values, 8)
         figure = neuron_card(report, self._exemplar_images(report), values,
                              [dataset.read(int(i)) for i in top], [dataset.read(int(i)) for i in bottom],
-                             f"{layer or 'logits'} · unit {unit}")
+                             f"{layer or output_name(self.state.workspace)} · unit {unit}")
         with tempfile.TemporaryDirectory() as tmp:
             path = save_card(figure, Path(tmp) / f"neuron_card.{self.fmt.value}")
             return io.BytesIO(path.read_bytes())
@@ -88,3 +88,8 @@ class FacetsView(pn.viewable.Viewer):
         export = pn.Row(self.fmt, pn.Column(pn.Spacer(height=18), self.download))
         return pn.Column("#### Facets: synthetic images, one per kind of input the unit responds to",
                          controls, self.results, export, sizing_mode="stretch_width")
+
+
+def output_name(ws) -> str:
+    """The model's output in words: "logits" only for a classifier (a backbone's output is its features)."""
+    return "model output" if ws.predictions_note else "logits"

@@ -5,7 +5,8 @@ representation (a second or two), which works like the map and is replaced when 
 Pan and zoom re-aggregate the points for the new view (the browser only ever gets an image); hover
 shows the image under the pointer, a tap its details and nearest neighbours, and box or lasso select
 shows the selected images with per-class counts and highlights them in the DendroMap tab. A cluster
-opened in the DendroMap is highlighted here in turn.
+opened in the DendroMap is highlighted here in turn. A model without predictions (no classifier head)
+offers no colouring by them, and no hover, grid or summary names one.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import pandas as pd
 import panel as pn
 import param
 
-from netatlas.app.dendromap_view import DendroMapView
-from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_options
+from netatlas.app.dendromap_view import DendroMapView, class_table
+from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_name, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
-from netatlas.backend.class_stats import class_stats
 from netatlas.backend.embedding import EmbedSettings, Embedding, default_seed
 from netatlas.backend.neighbors import nearest_neighbors
 from netatlas.backend.workspace import Workspace
@@ -35,7 +35,13 @@ HOVER_PX = 8                 # hover and tap pick the nearest image within this 
 GRID_IMAGES = 48
 COLOR_BY = {"Class": "class", "Predicted class": "predicted", "Correct / misclassified": "correct",
             "Cluster (DendroMap tree)": "cluster", "Neuron (from the Neurons tab)": "value", "Density": "density"}
+NEEDS_PREDICTIONS = ("Predicted class", "Correct / misclassified")
 METHODS = {"UMAP": "umap", "PCA (fast)": "pca"}
+
+
+def color_options(has_predictions: bool) -> list[str]:
+    """The Map's colourings: by prediction only when the model predicts the dataset's classes."""
+    return [name for name in COLOR_BY if has_predictions or name not in NEEDS_PREDICTIONS]
 
 
 class MapView(pn.viewable.Viewer):
@@ -73,7 +79,8 @@ class MapView(pn.viewable.Viewer):
         state.param.watch(self._on_workspace, "workspace")
         self.layer.param.watch(self._on_source, "value")
         self.method.param.watch(self._on_source, "value")
-        self.color_by.param.watch(lambda _: self.redraw(), "value")
+        self.color_by.param.watch(self._on_color_by, "value")
+        self._chosen_color = self.color_by.value      # the user's colouring, back when it is offered again
         self.follow.param.watch(lambda _: self.redraw(), "value")
         self.clear.on_click(lambda _: self.select(None))
         neurons.rendered.append(self._on_neuron)
@@ -87,10 +94,13 @@ class MapView(pn.viewable.Viewer):
         self.plot.object = None
         if ws is None:
             return
+        predicts = not ws.predictions_note
         self._quiet = True
         try:
-            self.layer.param.update(options=layer_options(ws.modules, "logits (model output)"),
+            self.layer.param.update(options=layer_options(ws.modules, "logits (model output)" if predicts
+                                                          else "model output"),
                                     value=ws.representation_layer() or LOGITS)
+            self._offer_predictions(predicts)
         finally:
             self._quiet = False
         self.summary.object = "Open this tab to map the dataset."
@@ -129,7 +139,7 @@ class MapView(pn.viewable.Viewer):
             _, vectors, acts = ws.representation(name)
             return embedding, vectors, acts.predictions, preview
 
-        label = f"Mapping {len(ws.dataset):,} images on {layer} ({method.upper()})"
+        label = f"Mapping {len(ws.dataset):,} images on {layer_name(layer, ws)} ({method.upper()})"
         result = await self.state.run(label, first)
         if result is None or not self._current(ws, layer, method):
             return
@@ -150,17 +160,23 @@ class MapView(pn.viewable.Viewer):
         """Whether a map computed for these is still the one asked for."""
         return ws is self.state.workspace and layer == self.layer.value and method == METHODS[self.method.value]
 
-    def show(self, embedding: Embedding, vectors: np.ndarray, predictions: np.ndarray,
+    def show(self, embedding: Embedding, vectors: np.ndarray, predictions: np.ndarray | None,
              preview: bool = False) -> None:
         """Show a computed map (the page computes off the event loop, a notebook in its cell);
-        ``preview``: a PCA map shown while the UMAP one is computed."""
+        ``preview``: a PCA map shown while the UMAP one is computed; ``predictions`` None: the model has
+        none, and nothing about them is offered or shown."""
         ws, name = self.state.workspace, "" if self.layer.value == LOGITS else self.layer.value
         self.vectors, self.predictions = vectors, predictions
         self.points = MapPoints.build(embedding.xy, ws.dataset.labels, self.predictions, ws.dataset.classes)
         self.selection, self._colouring, self._pending = None, None, []
+        self._quiet = True
+        try:
+            self._offer_predictions(predictions is not None)
+        finally:
+            self._quiet = False
         what = "PCA preview" if preview else f"{embedding.method.upper()} map"
         self.summary.object = (
-            f"**{what}** of {len(ws.dataset):,} images on `{name or 'logits'}`"
+            f"**{what}** of {len(ws.dataset):,} images on `{name or self._output_name}`"
             + (f" (fitted on {embedding.n_fitted:,}, the rest placed by their nearest fitted neighbours)"
                if embedding.n_fitted < len(ws.dataset) else "")
             + ("; the UMAP map replaces it when ready (progress bar in the sidebar)" if preview else "")
@@ -168,6 +184,23 @@ class MapView(pn.viewable.Viewer):
         self.plot.object = self._dynamic_map()
         self._show_selection()
         self.redraw()
+
+    def _offer_predictions(self, offered: bool) -> None:
+        """Offer the colourings by prediction only when the model has predictions (the colouring the user
+        chose, where offered; else by class)."""
+        options = color_options(offered)
+        self.color_by.param.update(options=options, value=self._chosen_color if self._chosen_color in options
+                                   else "Class")
+
+    def _on_color_by(self, _event=None) -> None:
+        if not self._quiet:
+            self._chosen_color = self.color_by.value
+        self.redraw()
+
+    @property
+    def _output_name(self) -> str:
+        """The model's output, as the page names it: logits only when they are a classifier's."""
+        return "logits" if self.predictions is not None else "model output"
 
     def _dynamic_map(self) -> hv.DynamicMap:
         """The plot: re-rendered on the server for every view (RangeXY) and for every change of
@@ -246,7 +279,7 @@ class MapView(pn.viewable.Viewer):
             if self._colouring != key:                # once per unit, not per redraw
                 self.points.set_values(values)
                 self._colouring = key
-            return f"activation of unit {unit} of {layer or 'the logits'}"
+            return f"activation of unit {unit} of {layer or 'the ' + self._output_name}"
         return {"class": "true class", "predicted": "predicted class", "correct": "prediction",
                 "density": "images per pixel"}[color_by]
 
@@ -286,12 +319,13 @@ class MapView(pn.viewable.Viewer):
         if index is None:
             return
         ws = self.state.workspace
-        label, pred = int(ws.dataset.labels[index]), int(self.predictions[index])
+        label = int(ws.dataset.labels[index])
+        predicted = ("" if self.predictions is None else
+                     f" · predicted {html.escape(ws.dataset.class_name(int(self.predictions[index])))}")
         self.hover.object = (
             f"<div class='na-hovered'><img src='{thumbnail_src(ws.dataset, index)}' width='120' height='120' "
             f"style='image-rendering:pixelated;border:1px solid #ccc'><br><b>{html.escape(ws.dataset.ids[index])}"
-            f"</b><br>label {html.escape(ws.dataset.class_name(label))} · predicted "
-            f"{html.escape(ws.dataset.class_name(pred))}</div>")
+            f"</b><br>label {html.escape(ws.dataset.class_name(label))}{predicted}</div>")
 
     def _on_tap(self, x=None, y=None) -> None:
         if self.points is None or x is None or y is None:
@@ -340,18 +374,22 @@ class MapView(pn.viewable.Viewer):
             return
         shown = chosen[np.linspace(0, len(chosen) - 1, min(GRID_IMAGES, len(chosen))).astype(int)]
         labels, preds = ws.dataset.labels, self.predictions
-        wrong = (labels >= 0) & (labels != preds)
+        if preds is None:               # no classifier: no prediction to name, no accuracy
+            wrong = np.zeros(len(labels), bool)
+            titles = [ws.dataset.ids[i] for i in shown]
+        else:
+            wrong = (labels >= 0) & (labels != preds)
+            titles = [f"{ws.dataset.ids[i]} · predicted {ws.dataset.class_name(int(preds[i]))}" for i in shown]
         grid = image_grid_html([ws.dataset.read(int(i)) for i in shown],
-                               [ws.dataset.class_name(int(labels[i])) for i in shown],
-                               titles=[f"{ws.dataset.ids[i]} · predicted {ws.dataset.class_name(int(preds[i]))}"
-                                       for i in shown],
+                               [ws.dataset.class_name(int(labels[i])) for i in shown], titles=titles,
                                flagged=[bool(wrong[i]) for i in shown], size=48, css_class="na-map-grid")
-        accuracy = "" if not (labels[chosen] >= 0).any() else \
+        accuracy = "" if preds is None or not (labels[chosen] >= 0).any() else \
             f", accuracy {1 - wrong[chosen].sum() / (labels[chosen] >= 0).sum():.1%}"
         self.selected.object = (f"<p class='na-map-count'><b>{len(chosen):,} images selected</b>{accuracy}"
                                 f"{f' (showing {len(shown)})' if len(shown) < len(chosen) else ''}; "
                                 f"highlighted in the DendroMap tab</p>{grid}")
-        self.counts.value = class_stats(labels[chosen], preds[chosen], ws.dataset.classes).round(4)
+        self.counts.value = class_table(labels[chosen], None if preds is None else preds[chosen],
+                                        ws.dataset.classes).round(4)
 
     def __panel__(self) -> pn.viewable.Viewable:
         controls = pn.FlexBox(self.layer, self.method, self.color_by, self.follow, self.clear)

@@ -1,4 +1,5 @@
-"""The Model tab: what was loaded, and its module tree with output shapes and parameter counts."""
+"""The Model tab: what was loaded, and its module tree with output shapes and parameter counts; for a model
+without predictions (no classifier head for the dataset's classes), the one place the page says why."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class ModelView(pn.viewable.Viewer):
         table = ws.modules
         loaded, dataset = ws.loaded, ws.dataset
         total = int(table["params"].iloc[0])
-        accuracy = loaded.sidecar.get("test_accuracy")
+        note = ws.predictions_note                  # "" when the model predicts the dataset's classes
+        accuracy = loaded.sidecar.get("test_accuracy") if not note else None
         lines = [
             f"### {loaded.path.name}",
             f"**format** {loaded.format} · **architecture** `{loaded.arch or type(loaded.model).__name__}` · "
@@ -39,6 +41,8 @@ class ModelView(pn.viewable.Viewer):
             + (f" · {len(dataset.skipped)} unreadable files skipped (first: `{dataset.skipped[0]}`)"
                if dataset.skipped else ""),
         ]
+        if note:
+            lines.append(f"**No predictions**: {note}")
         lines += [f"*note: {n}*" for n in loaded.notes]
         self.summary.object = "\n\n".join(lines)
         shown = table[["name", "type", "output_shape", "units", "params", "trainable"]].copy()

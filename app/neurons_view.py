@@ -8,7 +8,7 @@ import pandas as pd
 import panel as pn
 import param
 
-from netatlas.app.facets_view import FacetsView
+from netatlas.app.facets_view import FacetsView, output_name
 from netatlas.app.state import AppState
 from netatlas.backend.activations import Activations
 from netatlas.backend.neurons import class_means, top_bottom
@@ -29,6 +29,11 @@ def default_layer(modules: pd.DataFrame) -> str | None:
     return str(named["name"].iloc[-1]) if len(named) else None
 
 
+def layer_name(layer: str, ws: Workspace) -> str:
+    """A layer as the page names it in words: the model's output is "logits" only for a classifier."""
+    return layer if layer != LOGITS else output_name(ws)
+
+
 def layer_options(modules: pd.DataFrame, logits_label: str) -> dict[str, str]:
     """Select options for every module with units, the model's output (the logits) first."""
     usable = modules[(modules["depth"] > 0) & (modules["units"] > 0)]
@@ -41,7 +46,7 @@ class NeuronsView(pn.viewable.Viewer):
         super().__init__(**params)
         self.state = state
         self.values: np.ndarray | None = None  # [N, units] for the current layer and reduction
-        self.predictions: np.ndarray | None = None
+        self.predictions: np.ndarray | None = None   # None: the model has no classifier for these classes
         self.layer = pn.widgets.Select(name="Layer", sizing_mode="stretch_width")
         self.reduction = pn.widgets.RadioButtonGroup(name="Reduction", options=["mean", "max"], value="mean",
                                                    button_type="primary", button_style="outline")
@@ -78,7 +83,8 @@ class NeuronsView(pn.viewable.Viewer):
         if ws is None:
             return
         modules = ws.modules
-        options = layer_options(modules, "logits (model output, a unit per class)")
+        options = layer_options(modules, "model output" if ws.predictions_note else
+                                "logits (model output, a unit per class)")
         self.values = None
         self._quiet = True  # one extraction for the new workspace, not one per widget change
         try:
@@ -103,7 +109,7 @@ class NeuronsView(pn.viewable.Viewer):
         layers = [] if layer == LOGITS else [layer]
         if with_representation and reduction == "mean":
             layers += [name for name in [ws.representation_layer()] if name and name not in layers]
-        acts = await self.state.run(f"Computing activations of {layer}",
+        acts = await self.state.run(f"Computing activations of {layer_name(layer, ws)}",
                                     lambda progress: ws.activations(layers, reduction, progress))
         if acts is None or (ws, layer, reduction) != (self.workspace, self.layer.value, self.reduction.value):
             return  # failed, or the user moved on while it ran
@@ -134,18 +140,18 @@ class NeuronsView(pn.viewable.Viewer):
         self.top.object = self._grid(top, column, "na-grid-top")
         self.bottom.object = self._grid(bottom, column, "na-grid-bottom")
         title = f"{self.layer.value} · unit {unit}"
-        if self.layer.value == LOGITS and unit < len(dataset.classes):
+        if self.layer.value == LOGITS and self.predictions is None:
+            title = f"model output · unit {unit}"      # a backbone's features: no unit is a class
+        elif self.layer.value == LOGITS and unit < len(dataset.classes):
             title = f"logit of class {dataset.classes[unit]} · unit {unit}"
+        marks = {"16th highest": float(column[top[-1]]), "16th lowest": float(column[bottom[-1]])} \
+            if len(top) and len(bottom) else {}
         self.histogram.object = activation_histogram(
-            column, f"{title}: activations over {len(column):,} images",
-            marks={"16th highest": float(column[top[-1]]), "16th lowest": float(column[bottom[-1]])})
+            column, f"{title}: activations over {len(column):,} images", marks=marks)
         if dataset.labeled:
             self.class_means.object = class_mean_bars(
                 class_means(column, dataset.labels, dataset.classes), f"{title}: mean per class")
-        self.stats.object = (
-            f"**{title}** ({self.reduction.value} over space) · mean {column.mean():.4g} · "
-            f"sd {column.std():.4g} · min {column.min():.4g} · max {column.max():.4g} · "
-            f"{(column > 0).mean():.1%} of images > 0")
+        self.stats.object = f"**{title}** ({self.reduction.value} over space) · {unit_statistics(column)}"
         for callback in self.rendered:
             callback()
 
@@ -154,6 +160,10 @@ class NeuronsView(pn.viewable.Viewer):
         preds = self.predictions
         images = [dataset.read(int(i)) for i in indices]
         captions = [f"{column[i]:.3g}" for i in indices]
+        if preds is None:          # no classifier: no prediction to name, nothing misclassified
+            titles = [f"{dataset.ids[i]} · label {dataset.class_name(int(dataset.labels[i]))} · "
+                      f"activation {column[i]:.4g}" for i in indices]
+            return image_grid_html(images, captions, titles=titles, css_class=css_class)
         titles = [f"{dataset.ids[i]} · label {dataset.class_name(int(dataset.labels[i]))} · "
                   f"predicted {dataset.class_name(int(preds[i]))} · activation {column[i]:.4g}"
                   for i in indices]
@@ -169,3 +179,14 @@ class NeuronsView(pn.viewable.Viewer):
                    sizing_mode="stretch_width"),
             pn.Row(self.histogram, self.class_means, sizing_mode="stretch_width"),
             self.facets, sizing_mode="stretch_width")
+
+
+def unit_statistics(column: np.ndarray) -> str:
+    """Mean, sd, min, max and share above zero of the finite activations; how many are not finite, if any."""
+    finite = column[np.isfinite(column)]
+    if not len(finite):
+        return f"no finite activation on any of the {len(column):,} images"
+    text = (f"mean {finite.mean():.4g} · sd {finite.std():.4g} · min {finite.min():.4g} · max {finite.max():.4g} · "
+            f"{(finite > 0).mean():.1%} of images > 0")
+    left_out = len(column) - len(finite)
+    return text + (f" · {left_out:,} images with a non-finite activation left out" if left_out else "")

@@ -70,8 +70,7 @@ class ResidualView(pn.viewable.Viewer):
         meta = report.meta
         check = meta.get("decomposition_rel_error")
         self.summary.object = (
-            f"{ABOUT}\n\n**{meta['n_units']} units, {meta['images']} images**, baseline accuracy "
-            f"{meta['baseline_accuracy']:.1%} (targets: {meta['targets']})"
+            f"{ABOUT}\n\n**{meta['n_units']} units, {meta['images']} images**, {measured(meta)}"
             + (f" · exact decomposition sums to the output within {check:.1e} (relative)"
                if check is not None else " · n > 14: the order-k plot shows the Jacobian-gain estimate only"))
         cards = []
@@ -97,6 +96,16 @@ class ResidualView(pn.viewable.Viewer):
                           pn.Column(pn.pane.Markdown("Export as", margin=(0, 5)), self.fmt),
                           sizing_mode="stretch_width")
         return pn.Column(self.summary, self.units, controls, self.plots, sizing_mode="stretch_width")
+
+
+def measured(meta: dict) -> str:
+    """What the report's lesions and gradients were measured against, in words: a classifier's accuracy,
+    or (no classifier head, ``meta["mode"] == "output"``) the model's own output; never an accuracy there."""
+    if meta.get("mode") == "output":
+        return ("no classifier head, so no predictions: lesions and reorders are scored by the cosine similarity "
+                "of each image's output to the intact model's output (1 = unchanged), and the gradient per path "
+                "length is that of the output's norm ||y||")
+    return f"baseline accuracy {meta['baseline_accuracy']:.1%} (targets: {meta['targets']})"
 
 
 def _pane(figure) -> pn.viewable.Viewable:

@@ -104,14 +104,22 @@ class AppState(param.Parameterized):
 
     def report_skipped(self) -> None:
         """Tell the user about images found unreadable since they were last told: found when decoded
-        (a folder opens without reading its images), they read as black and are counted."""
+        (a folder opens without reading its images), they are left out of every result."""
         skipped = self.workspace.dataset.skipped if self.workspace is not None else []
+        if skipped:
+            self.status.object = left_out_message(skipped)   # stays while this dataset is open
         if len(skipped) > self._skipped_told and pn.state.notifications is not None:
-            pn.state.notifications.warning(f"Skipped {len(skipped)} unreadable images (first: {skipped[0]}); "
-                                           "they read as black", duration=8000)
+            pn.state.notifications.warning(left_out_message(skipped), duration=8000)
         self._skipped_told = len(skipped)
 
     def error(self, message: str) -> None:
         self.status.object = f"{ERROR} {message}"
         if pn.state.notifications is not None:
             pn.state.notifications.error(message, duration=10000)
+
+
+def left_out_message(skipped: list[str]) -> str:
+    """What the status line says about unreadable images: how many, the first few, and that no result has them."""
+    names = ", ".join(f"`{name}`" for name in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    return (f"Left out {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} ({names}): they are in no "
+            "result, count or view")

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from netatlas.backend.cache import vectors_to_arrow
-from netatlas.backend.datasets import ImageDataset
+from netatlas.backend.datasets import ImageDataset, decode_or_none
 from netatlas.backend.preprocessing import Preprocessing
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, model_failed
 
 Reduction = Literal["mean", "max"]
 Progress = Callable[[int, int], None]  # (images done, total)
@@ -28,25 +28,48 @@ _CHANNELS_FIRST_1D = (nn.Conv1d, nn.BatchNorm1d, nn.InstanceNorm1d, nn.MaxPool1d
 
 @dataclass
 class Activations:
-    """Per-image results of one pass: ``layers[name]`` is [N, units] float32 (conv maps reduced)."""
+    """Per-image results of one pass: ``layers[name]`` is [N, units] float32 (conv maps reduced).
+
+    Row i is image ``index[i]`` of the dataset that was passed: unreadable images have no row (``index``
+    None: row i is image i). ``predictions`` is None when the model has no classifier head for the
+    dataset (backend.classifier): an argmax over other outputs would be a made-up prediction."""
 
     logits: np.ndarray
-    predictions: np.ndarray
+    predictions: np.ndarray | None
     layers: dict[str, np.ndarray] = field(default_factory=dict)
     reduction: Reduction = "mean"
+    index: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.logits)
 
+    def rows(self) -> np.ndarray:
+        """The dataset positions of the rows."""
+        return np.arange(len(self)) if self.index is None else self.index
+
+
+@dataclass
+class BatchResult:
+    """One batch of a pass: images ``start..stop`` of the dataset, of which those at ``index`` were read."""
+
+    start: int
+    stop: int
+    index: np.ndarray
+    logits: np.ndarray
+    layers: dict[str, np.ndarray]
+
 
 def activation_table(dataset: ImageDataset, activations: Activations, start: int = 0,
                      layers: Iterable[str] | None = None) -> pa.Table:
-    """Images ``start..`` as rows: index, id, label, prediction, logits and one vector column per layer
-    (``layers``, default all): what ``netatlas extract`` writes and each Dask part holds."""
-    stop = start + len(activations)
-    columns = {"index": pa.array(np.arange(start, stop)), "id": pa.array(dataset.ids[start:stop]),
-               "label": pa.array(dataset.labels[start:stop]), "prediction": pa.array(activations.predictions),
-               "logits": vectors_to_arrow(activations.logits)}
+    """The rows of ``activations`` (images ``start + rows`` of ``dataset``): index, id, label, prediction
+    (when the model predicts), logits and one vector column per layer (``layers``, default all): what
+    ``netatlas extract`` writes and each Dask part holds."""
+    index = activations.rows() + start
+    columns = {"index": pa.array(index), "id": pa.array([dataset.ids[i] for i in index], pa.string()),
+               "label": pa.array(dataset.labels[index])}
+    if activations.predictions is not None:
+        columns["prediction"] = pa.array(activations.predictions)
+    columns["logits"] = vectors_to_arrow(activations.logits)
     for name in activations.layers if layers is None else layers:
         columns[name] = vectors_to_arrow(activations.layers[name])
     return pa.table(columns)
@@ -93,6 +116,17 @@ def first_tensor(output: object) -> torch.Tensor:
     raise NetatlasError(f"cannot read activations from a module output of type {type(output).__name__}")
 
 
+def pooled_output(y: torch.Tensor) -> torch.Tensor:
+    """A model's output as [N, D]: class logits and pooled features as they are; a backbone's feature
+    maps [N, C, H, W] pooled over space; its token sequence [N, T, D] read at the first (CLS) token,
+    the pooled output of ViT-style backbones (HF's pooler_output is read by name before this)."""
+    if y.ndim == 4:
+        return y.mean(dim=(2, 3))
+    if y.ndim == 3:
+        return y[:, 0]
+    return y.reshape(len(y), -1)
+
+
 @contextlib.contextmanager
 def captured_layers(model: nn.Module, layers: Iterable[str],
                     reduction: Reduction = "mean") -> Iterator[dict[str, torch.Tensor]]:
@@ -134,22 +168,66 @@ def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: 
                         layers: Iterable[str] = (), reduction: Reduction = "mean",
                         batch_size: int = 256, device: str | torch.device = "auto",
                         progress: Progress | None = None, rows: range | None = None,
-                        num_workers: int | None = None) -> Activations:
+                        num_workers: int | None = None, classify: bool = True) -> Activations:
     """Run ``dataset`` through ``model`` once, capturing ``layers`` with forward hooks.
 
     Reductions happen on the device, so only [batch, units] crosses to the host. Hooks are removed
     even when the pass fails. ``rows`` (contiguous) limits the pass to those images, row i of the
     result being image ``rows[i]``: a shard of a distributed pass (backend.sharded). ``num_workers``
     goes to ``dataset.batches`` (0: decode files in this process, as a daemonic Dask worker must).
+    Unreadable images get no row (``Activations.index``); ``classify`` False: no predictions.
     """
-    layers = list(dict.fromkeys(layers))
     if rows is not None:
         dataset = row_slice(dataset, rows)
+    n = len(dataset)
+    results = []
+    for result in pass_batches(model, dataset, preprocessing, layers, reduction, batch_size, device, num_workers):
+        results.append(result)
+        if progress:
+            progress(result.stop, n)
+    return collect(results, n, reduction, classify)
+
+
+def pass_batches(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
+                 layers: Iterable[str] = (), reduction: Reduction = "mean", batch_size: int = 256,
+                 device: str | torch.device = "auto", num_workers: int | None = None) -> Iterator[BatchResult]:
+    """The pass as it runs: one ``BatchResult`` per ``batch_size`` images, so that a caller can write
+    results as they come (a resumable extraction) or gather them (``collect``)."""
+    layers = list(dict.fromkeys(layers))
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    with captured_layers(model, layers, reduction) as captured:
-        return _run(model, dataset, preprocessing, layers, captured, batch_size, dev, progress, reduction,
-                    num_workers)
+    n, start = len(dataset), 0
+    with captured_layers(model, layers, reduction) as captured, torch.inference_mode():
+        for indices, x in dataset.batches(preprocessing, batch_size, num_workers):
+            stop = min(start + batch_size, n)
+            index = indices.numpy().astype(np.int64)
+            if not len(index):                  # every image of this batch was unreadable
+                yield BatchResult(start, stop, index, np.empty((0, 0), np.float32), {})
+                start = stop
+                continue
+            captured.clear()
+            try:
+                out = model(x.to(dev, non_blocking=True))
+            except Exception as exc:   # the user's forward: other inputs needed, shape or channels, memory
+                raise model_failed(exc, f"a {'x'.join(map(str, x.shape))} batch of {dataset.name} "
+                                        f"(images {index[0]}-{index[-1]})", model) from exc
+            y = pooled_output(first_tensor(out).float())
+            yield BatchResult(start, stop, index, y.cpu().numpy(),
+                              {name: captured[name].cpu().numpy() for name in layers})
+            start = stop
+
+
+def collect(results: Iterable[BatchResult], n: int, reduction: Reduction = "mean",
+            classify: bool = True) -> Activations:
+    """The batches of a pass over ``n`` images as one Activations, in dataset order."""
+    results = [r for r in sorted(results, key=lambda r: r.start) if len(r.index)]
+    if not results:
+        raise NetatlasError(f"none of the {n} images could be read: no results" if n else "the dataset is empty")
+    index = np.concatenate([r.index for r in results])
+    logits = np.concatenate([r.logits for r in results])
+    layers = {name: np.concatenate([r.layers[name] for r in results]) for name in results[0].layers}
+    predictions = logits.argmax(1).astype(np.int64) if classify else None
+    return Activations(logits, predictions, layers, reduction, None if len(index) == n else index)
 
 
 def row_slice(dataset: ImageDataset, rows: range) -> ImageDataset:
@@ -177,27 +255,5 @@ class _OffsetReader:
     def __call__(self, i: int) -> np.ndarray:
         return self.read(self.start + i)
 
-
-def _run(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing, layers: list[str],
-         captured: dict[str, torch.Tensor], batch_size: int, dev: torch.device,
-         progress: Progress | None, reduction: Reduction, num_workers: int | None = None) -> Activations:
-    n = len(dataset)
-    out: dict[str, np.ndarray] = {}
-    logits = np.empty(0, dtype=np.float32)
-    done = 0
-    with torch.inference_mode():
-        for indices, x in dataset.batches(preprocessing, batch_size, num_workers):
-            captured.clear()
-            y = first_tensor(model(x.to(dev, non_blocking=True))).float()
-            y = y.reshape(len(y), -1)
-            if logits.size == 0:
-                logits = np.empty((n, y.shape[1]), dtype=np.float32)
-                out = {name: np.empty((n, captured[name].shape[1]), dtype=np.float32) for name in layers}
-            rows = indices.numpy()
-            logits[rows] = y.cpu().numpy()
-            for name in layers:
-                out[name][rows] = captured[name].cpu().numpy()
-            done += len(rows)
-            if progress:
-                progress(done, n)
-    return Activations(logits, logits.argmax(1).astype(np.int64), out, reduction)
+    def decode(self, i: int) -> np.ndarray | None:
+        return decode_or_none(self.read, self.start + i)

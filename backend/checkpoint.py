@@ -15,7 +15,7 @@ import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from netatlas.backend.architectures import build_architecture, is_import_path
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.classifier import Head, declared_head
+from netatlas.backend.errors import NetatlasError, first_line
 from netatlas.backend.hf_models import (folder_hash, hf_classes, hf_folder, hf_preprocessing, load_hf_model,
                                         read_json_object)
 from netatlas.backend.preprocessing import Preprocessing
@@ -56,6 +57,11 @@ class LoadedModel:
         pre = self.preprocessing
         return (1, pre.channels, *pre.size)
 
+    @cached_property
+    def head(self) -> Head:
+        """The classifier head the model declares (or its absence, and why): predictions need one."""
+        return declared_head(self.model, self.arch)
+
     @property
     def identity(self) -> dict[str, Any]:
         """What makes two loads the same model: the file's bytes and how it was built."""
@@ -85,7 +91,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
     notes: list[str] = []
 
     if path.suffix == ".safetensors":
-        fmt, model = "safetensors", _model_from_state(read_safetensors(path), arch, arch_kwargs, notes)
+        fmt, model = "safetensors", _model_from_state(read_safetensors(path), arch, arch_kwargs, notes, path.name)
     elif _is_torchscript(path):
         fmt, model = "torchscript", _read_torchscript(path)
     else:
@@ -94,7 +100,8 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
             fmt, model = "pickled-module", obj
             notes.append("loaded a fully pickled module (trusted by the user)")
         else:
-            fmt, model = "state_dict", _model_from_state(find_state_dict(obj, path), arch, arch_kwargs, notes)
+            fmt, model = "state_dict", _model_from_state(find_state_dict(obj, path), arch, arch_kwargs, notes,
+                                                         path.name)
 
     if preprocessing is None:
         preprocessing = default_preprocessing(path, arch, arch_kwargs, sidecar)
@@ -164,21 +171,26 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise NetatlasError(f"{path.name} is not a readable safetensors file: {exc}") from exc
+        raise NetatlasError(f"{path.name} is not a readable safetensors file ({first_line(exc)}): "
+                            "it is truncated or corrupt; save or copy it again") from exc
 
 
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError):   # a damaged archive: torch.load says so next
+        return False
 
 
 def _read_torchscript(path: Path) -> nn.Module:
     try:
         return torch.jit.load(str(path), map_location="cpu")
-    except RuntimeError as exc:
-        raise NetatlasError(f"{path.name} looks like TorchScript but did not load: {exc}") from exc
+    except Exception as exc:  # RuntimeError mostly; damaged archives fail in other ways too
+        raise NetatlasError(f"{path.name} looks like TorchScript but did not load ({first_line(exc)}): it is "
+                            "truncated or corrupt, or needs another torch version; save it again") from exc
 
 
 def read_pickle(path: Path, trust_pickle: bool) -> Any:
@@ -186,13 +198,15 @@ def read_pickle(path: Path, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as exc:
         if trust_pickle:
-            raise NetatlasError(f"{path.name} is not a readable torch checkpoint: {exc}") from exc
+            raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({first_line(exc)}): "
+                                "it is truncated or corrupt; save or copy it again") from exc
         raise NetatlasError(_refusal_message(path, exc)) from None
     except (AttributeError, ModuleNotFoundError, ImportError) as exc:
-        raise NetatlasError(f"{path.name} refers to code that is not importable here: {exc}") from exc
+        raise NetatlasError(f"{path.name} refers to code that is not importable here ({first_line(exc)}): "
+                            "install the package that defines it, or re-save the model as a state_dict") from exc
     except Exception as exc:  # corrupt bytes fail in many ways: RuntimeError, EOFError, IndexError, ...
-        raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else 'empty'})") from exc
+        raise NetatlasError(f"{path.name} is not a readable torch checkpoint ({first_line(exc)}): "
+                            "it is truncated or corrupt; save or copy it again") from exc
 
 
 def _refusal_message(path: Path, exc: Exception) -> str:
@@ -234,17 +248,17 @@ def _is_tensor_mapping(obj: Any) -> bool:
 
 
 def _model_from_state(state: dict[str, torch.Tensor], arch: str | None, arch_kwargs: dict[str, Any],
-                      notes: list[str]) -> nn.Module:
+                      notes: list[str], name: str = "this checkpoint") -> nn.Module:
     if not arch:
         raise NetatlasError(
-            "this checkpoint holds only weights: say which architecture they belong to with --arch "
+            f"{name} holds only weights: say which architecture they belong to with --arch "
             "(a torchvision name like resnet18, or 'package.module:factory'), or add a JSON sidecar.")
     model = build_architecture(arch, arch_kwargs)
     expected = model.state_dict()
     state, stripped = strip_prefixes(state, set(expected))
     if stripped:
         notes.append(f"stripped key prefix {stripped!r}")
-    check_keys(state, expected, arch)
+    check_keys(state, expected, arch, name=name)
     model.load_state_dict(state, strict=True)
     return model
 
@@ -273,7 +287,7 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str],
 
 
 def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], arch: str,
-               show: int = 5) -> None:
+               show: int = 5, name: str = "the checkpoint") -> None:
     """Raise one readable error listing the first missing, unexpected and mis-shaped keys."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -281,11 +295,12 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.T
               for k in expected if k in state and state[k].shape != expected[k].shape]
     if not (missing or unexpected or shapes):
         return
-    parts = [f"the checkpoint does not fit architecture {arch!r}"]
+    parts = [f"{name} does not fit architecture {arch!r}"]
     for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
         if items:
             more = f" (+{len(items) - show} more)" if len(items) > show else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:show])}{more}")
     if shapes and not (missing or unexpected) and not is_import_path(arch):
         parts.append("if only the classifier differs, pass e.g. --arch-kwargs '{\"num_classes\": N}'")
+    parts.append("give the architecture and kwargs it was trained with (--arch, --arch-kwargs or the sidecar)")
     raise NetatlasError("; ".join(parts) + ".")

@@ -9,6 +9,7 @@ what they share with this one (decoding bytes, counting undecodable rows, thread
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from netatlas.backend.preprocessing import Preprocessing
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, first_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _IMAGE_ENDINGS = tuple(IMAGE_SUFFIXES)
@@ -72,13 +73,38 @@ class ImageDataset:
         return df
 
     def inputs(self, indices: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor:
-        """Model-ready inputs for a few chosen images, decoded in this thread."""
-        decoded = _Decoded(self, preprocessing)
-        return _Collate(preprocessing)([decoded[int(i)] for i in indices])[1]
+        """Model-ready inputs for a few chosen images, decoded in this thread (all must be readable)."""
+        decoded = [_Decoded(self, preprocessing)[int(i)] for i in indices]
+        bad = [self.ids[i] for i, image in decoded if image is None]
+        if bad:
+            raise NetatlasError(f"{len(bad)} chosen images cannot be read (first: {bad[0]}); open the "
+                                "dataset through a Workspace, which leaves unreadable images out")
+        return _Collate(preprocessing)(decoded)[1]
+
+    def readable_part(self, unreadable: np.ndarray) -> "ImageDataset":
+        """This dataset without the images at positions ``unreadable`` (found when they were decoded):
+        the dataset every result is computed on. Its manifest hash covers what was left out, so results
+        keyed by it never mix with ones that counted those images; ``skipped`` names them."""
+        unreadable = np.unique(np.asarray(unreadable, dtype=np.int64))
+        if not len(unreadable):
+            return self
+        keep = np.setdiff1d(np.arange(len(self)), unreadable)
+        left_out = [self.ids[i] for i in unreadable]
+        digest = hashlib.sha256(f"{self.manifest_hash}\0readable-v1".encode())
+        digest.update("\0".join(left_out).encode())
+        return dataclasses.replace(
+            self, ids=[self.ids[i] for i in keep], labels=self.labels[keep], manifest_hash=digest.hexdigest(),
+            read=_IndexedReader(self.read, keep), skipped=left_out,
+            meta={key: values[keep] for key, values in self.meta.items()},
+            array=None if self.array is None else self.array[keep])
 
     def batches(self, preprocessing: Preprocessing, batch_size: int = 256,
                 num_workers: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(indices, model-ready float tensor) batches in dataset order.
+        """(indices, model-ready float tensor) batches in dataset order, one per ``batch_size`` images.
+
+        An image that cannot be read is left out of its batch (``indices`` says which rows a batch holds;
+        it may even be empty), never replaced: what a model computes on it would be a result for an
+        image nobody can see.
 
         In-memory arrays are sliced and converted a whole batch at a time. Files, row groups and tar
         members (``decode_threads``) decode in this process's threads, one batch ahead so that decoding
@@ -109,20 +135,37 @@ class _Decoded(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
-        image = self.dataset.read(i)
-        if not self.preprocessing.is_model_ready(image):
-            image = self.preprocessing.pil_to_uint8(Image.fromarray(image))
-        return i, image
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None]:
+        """Image ``i`` resized for the model, or None when it cannot be read or resized."""
+        image = decode_or_none(self.dataset.read, i)
+        if image is None or self.preprocessing.is_model_ready(image):
+            return i, image
+        try:
+            return i, self.preprocessing.pil_to_uint8(Image.fromarray(image))
+        except Exception:          # an image PIL decoded but cannot resize (a 0-pixel side, an odd mode)
+            return i, None
 
 
 class _Collate:
+    """Stacks a batch's readable images; unreadable ones (None) are left out of it, not replaced."""
+
     def __init__(self, preprocessing: Preprocessing) -> None:
         self.preprocessing = preprocessing
 
-    def __call__(self, items: Sequence[tuple[int, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, items: Sequence[tuple[int, np.ndarray | None]]) -> tuple[torch.Tensor, torch.Tensor]:
+        items = [(i, im) for i, im in items if im is not None]
         indices = torch.tensor([i for i, _ in items], dtype=torch.long)
+        if not items:
+            channels, (height, width) = self.preprocessing.channels, self.preprocessing.size
+            return indices, torch.empty((0, channels, height, width))
         return indices, self.preprocessing.uint8_to_tensor(np.stack([im for _, im in items]), resized=True)
+
+
+def decode_or_none(read: Callable[[int], np.ndarray], i: int) -> np.ndarray | None:
+    """Image ``i`` through ``read``, or None when it is unreadable: readers that can fail (files, Parquet
+    rows, tar members) say so with a ``decode`` method; ``read`` itself shows those as black."""
+    decode = getattr(read, "decode", None)
+    return read(i) if decode is None else decode(i)
 
 
 def _threaded_batches(decoded: _Decoded, collate: _Collate, batch_size: int,
@@ -145,8 +188,22 @@ def _threaded_batches(decoded: _Decoded, collate: _Collate, batch_size: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_range(decoded: _Decoded, start: int, stop: int) -> list[tuple[int, np.ndarray]]:
+def _decode_range(decoded: _Decoded, start: int, stop: int) -> list[tuple[int, np.ndarray | None]]:
     return [decoded[i] for i in range(start, stop)]
+
+
+class _IndexedReader:
+    """``read(i)`` of a subset: image ``index[i]`` of the whole (picklable, for DataLoader workers)."""
+
+    def __init__(self, read: Callable[[int], np.ndarray], index: np.ndarray) -> None:
+        self.read, self.index = read, index
+        self.root = getattr(read, "root", None)
+
+    def __call__(self, i: int) -> np.ndarray:
+        return self.read(int(self.index[i]))
+
+    def decode(self, i: int) -> np.ndarray | None:
+        return decode_or_none(self.read, int(self.index[i]))
 
 
 @dataclass(frozen=True)
@@ -229,7 +286,8 @@ def folder_dataset(root: Path) -> ImageDataset:
     (bench/folder_open.py). Nothing is cached: the listing is both the manifest and the check that it
     is current, and it is most of the cost. The manifest hash covers every file's name, size and mtime,
     so adding, removing or rewriting one gives new cache keys. A file that turns out unreadable when it
-    is decoded reads as a black image and is counted in ``skipped``, as for Parquet and tar shards.
+    is decoded is left out of every result (``Workspace`` computes on ``readable_part``), as for Parquet
+    and tar shards.
     """
     root = root.resolve()
     files = scan_images(root)
@@ -292,8 +350,9 @@ def decode_image(source: str | os.PathLike | io.BytesIO) -> np.ndarray:
 class EncodedReader:
     """``read(i)`` over encoded image bytes (a Parquet row, a tar member): subclasses give ``encoded(i)``.
 
-    Bytes that do not decode read as a small black image, like a corrupt file in a folder, and the
-    row's id is appended once to ``skipped`` (the dataset's own list, so the count reaches the user;
+    ``decode(i)`` gives None for bytes that do not decode (a model pass leaves the image out of every
+    result); ``read(i)``, for display, shows them as a small black image. Either way the row's id is
+    appended once to ``skipped`` (the dataset's own list, so the count reaches the user;
     a pickled copy appends to its copy). Attributes starting with ``_`` (locks, caches) are per
     process: they are dropped on pickling and made afresh by ``_fresh``. Safe to call from threads.
     """
@@ -308,18 +367,24 @@ class EncodedReader:
     def encoded(self, i: int) -> bytes | None:
         raise NotImplementedError
 
-    def __call__(self, i: int) -> np.ndarray:
+    def decode(self, i: int) -> np.ndarray | None:
+        """Image ``i``, or None (and counted once in ``skipped``) when its bytes are missing or do not decode."""
         data = self.encoded(i)  # a corrupt shard raises NetatlasError here: not a per-row problem
         try:
             if not data:
                 raise ValueError("no image bytes")
             return decode_image(io.BytesIO(data))
-        except Exception:  # PIL raises many types for corrupt data; any of them means "black, counted"
+        except Exception:  # PIL raises many types for corrupt data; any of them means "unreadable"
             with self._lock:
                 if self.ids[i] not in self._counted:
                     self._counted.add(self.ids[i])
                     self.skipped.append(self.ids[i])
-            return np.zeros((8, 8), dtype=np.uint8)
+            return None
+
+    def __call__(self, i: int) -> np.ndarray:
+        """For display: an unreadable image shows as a small black square (results leave it out)."""
+        image = self.decode(i)
+        return np.zeros((8, 8), dtype=np.uint8) if image is None else image
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -330,8 +395,8 @@ class EncodedReader:
 
 
 class _FileReader(EncodedReader):
-    """The image files of a folder: one that is missing or does not decode reads as black and is
-    counted in ``skipped`` (found here, at decode, since opening the folder reads no image)."""
+    """The image files of a folder: one that is missing or does not decode is unreadable (``decode``
+    gives None) and counted in ``skipped``: found here, at decode, since opening the folder reads no image."""
 
     def encoded(self, i: int) -> bytes | None:
         try:
@@ -350,7 +415,10 @@ def npz_dataset(path: Path) -> ImageDataset:
             labels = z["labels"].astype(np.int64) if "labels" in z.files else None
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise NetatlasError(f"cannot read {path.name} as a .npz archive: {exc}") from exc
+        why = ("it holds Python objects, which netatlas does not unpickle" if "pickled" in str(exc)
+               else f"{first_line(exc)}: it is truncated or corrupt")   # numpy's own hint would be to unpickle
+        raise NetatlasError(f"cannot read {path.name} as a .npz archive ({why}); write it again with "
+                            "np.savez(path, images=uint8 [N, H, W(, C)], labels=int [N])") from exc
     images = _as_uint8_images(images, path.name)
     if labels is None:
         labels = np.full(len(images), -1, dtype=np.int64)

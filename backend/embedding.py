@@ -84,7 +84,10 @@ def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Pr
     report = progress or (lambda done, total: None)
     report(0, n)
     reduced = pca(x, settings.pca_dims, settings.seed)
-    if settings.method == "pca" or n <= max(settings.n_neighbors, 4):
+    # Every row the same (a dead layer): UMAP would scatter identical points at random (it falls back
+    # to a random start), drawing differences that are not there. The map is one point, as PCA says.
+    same = not np.ptp(x, axis=0).any()
+    if settings.method == "pca" or n <= max(settings.n_neighbors, 4) or same:
         xy = pca(reduced, 2, settings.seed)
         report(n, n)
         return Embedding(_standardized(xy), np.ones(n, bool), "pca")

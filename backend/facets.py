@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +20,7 @@ from PIL import Image
 from torch import nn
 
 from netatlas.backend.datasets import ImageDataset
-from netatlas.backend.featviz import (FeatvizSettings, Objective, color_correlation, diversity, maximize,
+from netatlas.backend.featviz import (FeatvizSettings, Objective, color_correlation, maximize,
                                       noise_start, to_uint8, unit_activation)
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.errors import NetatlasError
@@ -62,7 +63,8 @@ def find_facets(values: np.ndarray, codes: np.ndarray, settings: FacetSettings =
 
     if not 1 <= settings.k <= 10:
         raise NetatlasError(f"facets: k must be between 1 and 10, got {settings.k}")
-    top = np.argsort(values, kind="stable")[::-1][:settings.top_n]
+    ranked = np.where(np.isnan(values), -np.inf, values)     # a NaN activation is no top activation
+    top = np.argsort(ranked, kind="stable")[::-1][:settings.top_n]
     if len(top) < settings.k:
         raise NetatlasError(f"facets: {len(top)} images cannot make {settings.k} facets")
     x = codes[top].astype(np.float64)
@@ -72,8 +74,15 @@ def find_facets(values: np.ndarray, codes: np.ndarray, settings: FacetSettings =
     if len(top) > 5 and x.shape[1] > 2:
         perplexity = min(30.0, (len(top) - 1) / 3)
         x = TSNE(2, perplexity=perplexity, init="pca", random_state=settings.seed).fit_transform(x)
-    labels = KMeans(settings.k, n_init=10, random_state=settings.seed).fit_predict(x)
-    order = np.argsort(-np.bincount(labels, minlength=settings.k), kind="stable")
+    with warnings.catch_warnings():          # duplicate codes: the error below says what to do
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        labels = KMeans(settings.k, n_init=10, random_state=settings.seed).fit_predict(x)
+    sizes = np.bincount(labels, minlength=settings.k)
+    if (sizes == 0).any():   # duplicate codes: k-means left a facet without images (its mean would be NaN)
+        raise NetatlasError(f"facets: the unit's top {len(top)} images form only {int((sizes > 0).sum())} distinct "
+                            f"groups of codes (duplicate images or a constant layer): ask for at most "
+                            f"{int((sizes > 0).sum())} facets")
+    order = np.argsort(-sizes, kind="stable")
     assignment = np.argsort(order)[labels]          # relabel: facet 0 is the largest
     exemplars = []
     for facet in range(settings.k):
@@ -84,9 +93,18 @@ def find_facets(values: np.ndarray, codes: np.ndarray, settings: FacetSettings =
     return Facets(top, x if x.shape[1] == 2 else np.zeros((len(top), 2)), assignment, exemplars)
 
 
+SAME_IMAGE_LEVELS = 2  # uint8 images within this many grey levels on every pixel are "the same image"
+
+
 @dataclass
 class FacetReport:
-    """One synthetic image per facet, with how far it drives the unit compared with the data."""
+    """One synthetic image per facet, with how far it drives the unit compared with the data.
+
+    The comparison is a rank and a distance in the dataset's standard deviations, both defined
+    whatever the sign of the activations (a ratio to the dataset maximum is not: it flips or
+    divides by zero when the maximum is negative or zero). Dataset statistics are over the images
+    whose activation is finite; ``dataset_nonfinite`` counts the others.
+    """
 
     layer: str
     unit: int
@@ -96,17 +114,35 @@ class FacetReport:
     sizes: np.ndarray             # top images in each facet
     activation: np.ndarray        # the unit's activation for each synthetic image
     start_activation: np.ndarray
-    dataset_max: float
-    rank: np.ndarray              # 1 + dataset images that activate the unit more
-    diversity: float              # mean pairwise 1 - correlation of the synthetic images' pixels
-    start_diversity: float
+    dataset_max: float            # largest finite activation over the dataset
+    rank: np.ndarray              # 1 + dataset images that activate the unit more; 0: activation not finite
+    diversity: float | None       # mean pairwise 1 - correlation of the facets' pixels; None: undefined
+    start_diversity: float | None
+    dataset_std: float            # population standard deviation of the finite activations (0: all equal)
+    dataset_size: int             # images with a finite activation
+    dataset_nonfinite: int = 0    # images whose activation is NaN or infinite (left out of the statistics)
 
     META = b"netatlas.facets.meta"
 
     @property
-    def ratio(self) -> np.ndarray:
-        """Activation reached / the dataset's largest activation of the unit."""
-        return self.activation / self.dataset_max if self.dataset_max > 0 else np.full(len(self.activation), np.nan)
+    def above_max_sd(self) -> np.ndarray | None:
+        """(activation - dataset max) / dataset std per facet: how far past the data the image drives the
+        unit (negative: below the max). None when every dataset activation is equal (std 0)."""
+        if not self.dataset_std > 0:
+            return None
+        with np.errstate(invalid="ignore", over="ignore"):
+            return (np.asarray(self.activation, dtype=np.float64) - self.dataset_max) / self.dataset_std
+
+    @property
+    def ratio(self) -> np.ndarray | None:
+        """Activation reached / the dataset's largest activation: a ratio only means "how many times the
+        data's best" when that maximum is positive, so it is None otherwise (shown nowhere; benchmarks)."""
+        return self.activation / self.dataset_max if self.dataset_max > 0 else None
+
+    def same_image_groups(self) -> list[list[int]]:
+        """Facets (0-based) whose images are the same to within ``SAME_IMAGE_LEVELS`` grey levels on every
+        pixel, as groups of two or more, in facet order."""
+        return same_image_groups(self.images)
 
     def to_table(self) -> pa.Table:
         table = pa.table({
@@ -116,18 +152,24 @@ class FacetReport:
             "activation": self.activation, "start_activation": self.start_activation, "rank": self.rank,
         })
         meta = {"layer": self.layer, "unit": self.unit, "dataset_max": self.dataset_max,
+                "dataset_std": self.dataset_std, "dataset_size": self.dataset_size,
+                "dataset_nonfinite": self.dataset_nonfinite,
                 "diversity": self.diversity, "start_diversity": self.start_diversity}
-        return table.replace_schema_metadata({self.META: json.dumps(meta).encode()})
+        return table.replace_schema_metadata({self.META: json.dumps(meta, allow_nan=False).encode()})
 
     @classmethod
     def from_table(cls, table: pa.Table) -> "FacetReport":
+        """The report back from ``to_table``; a table written before the dataset's std was stored raises
+        KeyError (the workspace then computes it again)."""
         meta = json.loads(table.schema.metadata[cls.META])
         col = lambda name: table.column(name).to_pylist()  # noqa: E731
         return cls(meta["layer"], meta["unit"], np.stack([png_array(b) for b in col("png")]),
                    np.stack([png_array(b) for b in col("start_png")]),
                    [np.asarray(e, dtype=np.int64) for e in col("exemplars")], np.asarray(col("size")),
-                   np.asarray(col("activation")), np.asarray(col("start_activation")), meta["dataset_max"],
-                   np.asarray(col("rank")), meta["diversity"], meta["start_diversity"])
+                   np.asarray(col("activation"), dtype=np.float64),
+                   np.asarray(col("start_activation"), dtype=np.float64), meta["dataset_max"],
+                   np.asarray(col("rank"), dtype=np.int64), meta["diversity"], meta["start_diversity"],
+                   meta["dataset_std"], meta["dataset_size"], meta["dataset_nonfinite"])
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -158,20 +200,75 @@ def build_facets(model: nn.Module, dataset: ImageDataset, preprocessing: Preproc
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     starts = starts.to(device)
     optimized = maximize(model, starts, objective, preprocessing, featviz_settings, progress, colors)
-    reached = unit_activation(model, optimized, objective).cpu().numpy()
-    rank = 1 + (values[None, :] > reached[:, None]).sum(1)
+    reached = unit_activation(model, optimized, objective).cpu().numpy().astype(np.float64)
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if not len(finite):
+        raise NetatlasError(f"facets: unit {objective.unit} of {objective.layer or 'the logits'} has no finite "
+                            f"activation on any of the {len(values):,} images (check the model's numerics)")
+    dataset_max = float(finite.max())
+    dataset_std = float(finite.std()) if finite.min() < dataset_max else 0.0
+    above = (finite[None, :] > reached[:, None]).sum(1)
+    rank = np.where(np.isfinite(reached), 1 + above, 0).astype(np.int64)
+    images, start_images = to_uint8(optimized, preprocessing), to_uint8(starts, preprocessing)
     return FacetReport(
-        objective.layer, objective.unit, to_uint8(optimized, preprocessing), to_uint8(starts, preprocessing),
+        objective.layer, objective.unit, images, start_images,
         facets.exemplars, np.bincount(facets.assignment, minlength=k), reached,
-        unit_activation(model, starts, objective).cpu().numpy(), float(values.max()), rank,
-        pixel_diversity(optimized), pixel_diversity(starts))
+        unit_activation(model, starts, objective).cpu().numpy().astype(np.float64), dataset_max, rank,
+        pixel_diversity(images), pixel_diversity(start_images), dataset_std, len(finite), len(values) - len(finite))
 
 
-def pixel_diversity(x: torch.Tensor) -> float:
-    """Mean pairwise 1 - Pearson correlation of the images' pixels (0: identical, ~1: unrelated).
+def _pixels(images: np.ndarray) -> np.ndarray:
+    return np.asarray(images).reshape(len(images), -1).astype(np.int16)
+
+
+def same_image_groups(images: np.ndarray) -> list[list[int]]:
+    """Groups (two or more, each in order) of uint8 images equal to within ``SAME_IMAGE_LEVELS`` grey
+    levels on every pixel; an image joins the group of the first earlier image it matches."""
+    flat = _pixels(images)
+    group = list(range(len(flat)))
+    for j in range(len(flat)):
+        for i in range(j):
+            if group[i] == i and np.abs(flat[j] - flat[i]).max(initial=0) <= SAME_IMAGE_LEVELS:
+                group[j] = i
+                break
+    groups: dict[int, list[int]] = {}
+    for j, g in enumerate(group):
+        groups.setdefault(g, []).append(j)
+    return [members for members in groups.values() if len(members) > 1]
+
+
+def flat_images(images: np.ndarray) -> list[int]:
+    """Images (0-based) whose pixels span at most ``SAME_IMAGE_LEVELS`` grey levels: a flat image has no
+    pattern, so its correlation with another image is undefined (or noise)."""
+    flat = _pixels(images)
+    return [i for i, row in enumerate(flat) if row.max(initial=0) - row.min(initial=0) <= SAME_IMAGE_LEVELS]
+
+
+def pixel_diversity(images: np.ndarray) -> float | None:
+    """Mean pairwise 1 - Pearson correlation of the uint8 images' pixels (0: identical, ~1: unrelated).
 
     Measured on pixels, not on the penultimate code: maximizing a class logit pulls every facet's
     code towards the same classifier row, so code similarity would call distinct drawings the same.
+    Images that are the same (``same_image_groups``) count 0 for their pair. None when undefined: fewer
+    than two images, or a pair of different images one of which is flat (no correlation to measure).
     """
-    flat = x.detach().flatten(1).float()
-    return diversity(flat - flat.mean(1, keepdim=True))
+    if len(images) < 2:
+        return None
+    flat = _pixels(images).astype(np.float64)
+    same = np.zeros((len(flat), len(flat)), dtype=bool)
+    for members in same_image_groups(images):
+        same[np.ix_(members, members)] = True
+    flats = set(flat_images(images))
+    centred = flat - flat.mean(1, keepdims=True)
+    norms = np.linalg.norm(centred, axis=1)
+    total, pairs = 0.0, 0
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            pairs += 1
+            if same[i, j]:
+                continue
+            if i in flats or j in flats:
+                return None
+            total += 1.0 - float(centred[i] @ centred[j]) / (norms[i] * norms[j])
+    return total / pairs

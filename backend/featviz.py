@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from netatlas.backend.activations import first_tensor, reduce_output
+from netatlas.backend.activations import first_tensor, pooled_output, reduce_output
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.errors import NetatlasError
 
@@ -74,16 +74,18 @@ def _probed(model: nn.Module, objective: Objective, with_style: bool = False) ->
     module = modules[objective.layer]
     read: list = []
 
-    def capture(features: torch.Tensor) -> None:
+    def capture(features: torch.Tensor, output: bool = False) -> None:
         # Read at once, as extract_activations does: an in-place op after the layer (a
-        # ReLU(inplace=True) after a BatchNorm) must not change what the objective sees.
-        read[:] = [reduce_output(features, module, "mean"), _style(features, module) if with_style else None]
+        # ReLU(inplace=True) after a BatchNorm) must not change what the objective sees. The model's
+        # own output is read as the extraction reads it (pooled_output).
+        units = pooled_output(features) if output else reduce_output(features, module, "mean")
+        read[:] = [units, _style(features, module) if with_style else None]
 
     def probe(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         read.clear()
         output = first_tensor(model(x))
         if not objective.layer:
-            capture(output)
+            capture(output, output=True)
         if not read:
             raise NetatlasError(f"layer {objective.layer!r} did not run in the model's forward pass")
         units, style = read

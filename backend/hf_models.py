@@ -4,19 +4,25 @@ The model class is the one config.json's ``architectures`` names (else AutoModel
 else AutoModel); transformers reads the weights from the folder alone (``local_files_only``: never the
 hub), safetensors or ``torch.load(weights_only=True)``, sharded or not. Class names come from
 ``id2label``, preprocessing from the image processor's config. The models' forward takes the pixel
-batch as its first argument and returns a ModelOutput, which ``activations.first_tensor`` reads by name.
+batch as its first argument and returns a ModelOutput, which ``activations.first_tensor`` reads by name;
+a class whose forward takes text first (CLIPModel: ``input_ids``) is refused before loading, with the
+recipe for its vision tower. A failed load is one line: transformers' many-line load report is held back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import re
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from torch import nn
 
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, first_line
 from netatlas.backend.preprocessing import Preprocessing
 
 CONFIG = "config.json"
@@ -57,8 +63,11 @@ def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
     label = label or f"{path.parent.name}/{path.name}"
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         raise NetatlasError(f"cannot read {label}: {exc}") from exc
+    except ValueError as exc:   # JSONDecodeError, and UnicodeDecodeError for binary bytes
+        raise NetatlasError(f"cannot read {label}: it is not valid JSON ({first_line(exc)}); fix it, or write it again "
+                            "(save_pretrained writes config.json; a sidecar is yours to write)") from exc
     if not isinstance(data, dict):
         raise NetatlasError(f"{label} must hold a JSON object")
     return data
@@ -79,23 +88,104 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str]]:
     if not (isinstance(candidates[0], type) and hasattr(candidates[0], "from_pretrained")):
         raise NetatlasError(f"{folder.name}/config.json names the class {named}, which transformers "
                             f"{transformers.__version__} does not have: upgrade transformers, or fix 'architectures'")
+    if named:
+        _check_takes_images(candidates[0], folder)
     transformers.utils.logging.disable_progress_bar()
     dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
     for i, cls in enumerate(candidates):
-        try:
-            model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **dtype)
-            break
-        except Exception as exc:   # a truncated shard, a mismatched config, a missing file: many types
-            if isinstance(exc, ValueError) and i + 1 < len(candidates):
-                continue           # an Auto class that does not map this config type: try the next
-            raise NetatlasError(f"{folder.name}: transformers could not load it ({_first_line(exc)})") from exc
+        with _held_load_report() as report:
+            try:
+                model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **dtype)
+            except Exception as exc:   # a truncated shard, a mismatched config, a missing file: many types
+                if isinstance(exc, ValueError) and i + 1 < len(candidates):
+                    continue           # an Auto class that does not map this config type: try the next
+                raise NetatlasError(_load_failure(folder, exc, report)) from exc
+        report.release()
+        break
+    if not named:
+        _check_takes_images(type(model), folder)
     notes = [f"loaded with transformers {transformers.__version__} as {type(model).__name__}"]
     return model.eval(), type(model).__name__, notes
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+NON_IMAGE_INPUTS = ("input_ids", "inputs_embeds", "input_values", "input_features", "decoder_input_ids")
+
+
+def _check_takes_images(cls: type, folder: Path) -> None:
+    """Refuse a class whose forward takes text or audio first (CLIPModel: ``input_ids``, then ``pixel_values``):
+    netatlas calls ``model(pixels)``, which such a model cannot answer."""
+    import inspect
+
+    try:
+        params = [name for name in inspect.signature(cls.forward).parameters if name != "self"]
+    except (TypeError, ValueError):
+        return
+    if not params or params[0] not in NON_IMAGE_INPUTS:
+        return
+    if "pixel_values" in params:
+        import transformers
+
+        tower = cls.__name__.replace("Model", "VisionModel", 1)
+        how = (f"transformers.{tower}.from_pretrained(FOLDER).save_pretrained(NEW_FOLDER)"
+               if cls.__name__.endswith("Model") and hasattr(transformers, tower)
+               else "model.vision_model.save_pretrained(NEW_FOLDER), or the class's vision model")
+        raise NetatlasError(f"{folder.name} holds a {cls.__name__}, which takes text and images (its forward needs "
+                            f"{params[0]} besides pixel_values), and netatlas feeds it images alone: save its "
+                            f"vision tower on its own, e.g. {how}, and open that folder")
+    raise NetatlasError(f"{folder.name} holds a {cls.__name__}, which is not an image model (its forward takes "
+                        f"{params[0]}): netatlas reads image models; give the folder of a vision model")
+
+
+class _HeldRecords(logging.Filter):
+    """Log records of one thread held back (another thread's loads log as usual)."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.thread, self.records = logger, threading.get_ident(), []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread != self.thread:
+            return True
+        self.records.append(record)
+        return False
+
+    def release(self) -> None:
+        """Log what was held (a load that succeeded: its report of missing or unused weights matters)."""
+        self.logger.removeFilter(self)
+        for record in self.records:
+            self.logger.handle(record)
+        self.records.clear()
+
+
+@contextlib.contextmanager
+def _held_load_report() -> Iterator[_HeldRecords]:
+    """transformers' load report, a many-line table it logs before raising on a config that does not fit the
+    weights, held back: a failed load is one line (``_load_failure`` reads the table), a good one logs it."""
+    logger = logging.getLogger("transformers.modeling_utils")
+    held = _HeldRecords(logger)
+    logger.addFilter(held)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(held)
+
+
+MISMATCH = re.compile(r"^\s*(\S+)\s*\|\s*MISMATCH\s*\|.*?ckpt:\s*torch\.Size\((\[[^\]]*\])\)\s*vs\s*"
+                      r"model:\s*torch\.Size\((\[[^\]]*\])\)", re.MULTILINE)
+
+
+def _load_failure(folder: Path, exc: BaseException, report: _HeldRecords) -> str:
+    """One line for a failed ``from_pretrained``: which tensors do not fit when the report names them."""
+    text = "\n".join(record.getMessage() for record in report.records)
+    mismatched = MISMATCH.findall(text)
+    if mismatched or "mismatched_sizes" in str(exc) or "size mismatch" in str(exc):
+        example = (f", e.g. {mismatched[0][0]}: weights {mismatched[0][1]} vs config {mismatched[0][2]}"
+                   if mismatched else "")
+        count = f"{len(mismatched)} tensors" if mismatched else "tensors"
+        return (f"{folder.name}: config.json does not fit the weights ({count} differ in size{example}): the config "
+                "belongs to another model or was edited; save config and weights together with save_pretrained")
+    return (f"{folder.name}: transformers could not load it ({first_line(exc)}): a weight file is truncated or "
+            "corrupt, or config.json does not match the weights; save the model again with save_pretrained")
 
 
 def hf_classes(folder: Path) -> list[str] | None:

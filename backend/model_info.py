@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from netatlas.backend.activations import first_tensor, reduce_output
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import model_failed
 
 
 def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFrame:
@@ -39,11 +39,8 @@ def describe_model(model: nn.Module, input_shape: tuple[int, ...]) -> pd.DataFra
         with torch.inference_mode():
             try:
                 model.eval()(torch.zeros(input_shape, device=device))
-            except (RuntimeError, ValueError, TypeError) as exc:
-                raise NetatlasError(
-                    f"the model fails on a {'x'.join(map(str, input_shape))} input "
-                    f"({str(exc).splitlines()[0]}); give its input size and channels in the sidecar, "
-                    "with --size/--grayscale, or in the page's Preprocessing fields") from exc
+            except Exception as exc:  # the user's forward fails in many ways: TypeError, AttributeError, ...
+                raise model_failed(exc, f"a {'x'.join(map(str, input_shape))} batch of zeros", model) from exc
     finally:
         for h in handles:
             h.remove()

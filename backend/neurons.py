@@ -7,17 +7,22 @@ import pandas as pd
 
 
 def top_bottom(values: np.ndarray, k: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the k highest (descending) and k lowest (ascending) values; ties keep data order."""
-    order = np.argsort(values, kind="stable")
-    k = min(k, len(values))
+    """Indices of the k highest (descending) and k lowest (ascending) values; ties keep data order.
+    A NaN activation is neither high nor low: those images are in neither list."""
+    values = np.asarray(values)
+    valid = np.flatnonzero(~np.isnan(values))
+    order = valid[np.argsort(values[valid], kind="stable")]
+    k = min(k, len(order))
     return order[::-1][:k] if k else order[:0], order[:k]
 
 
 def class_means(values: np.ndarray, labels: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """Mean, std and count of ``values`` per labelled class (unlabelled images are left out)."""
+    """Mean, std and count of ``values`` per labelled class (unlabelled images are left out, and so
+    are NaN or infinite activations, which have no mean: ``count`` is the images averaged)."""
     rows = []
+    values = np.asarray(values)
     for c, name in enumerate(classes):
-        v = values[labels == c]
+        v = values[(labels == c) & np.isfinite(values)]
         if len(v):
             rows.append({"class": name, "mean": float(v.mean()), "std": float(v.std()), "count": len(v)})
     return pd.DataFrame(rows, columns=["class", "mean", "std", "count"])
@@ -50,7 +55,9 @@ def top_units(values: np.ndarray, members: np.ndarray, k: int = 10,
     overall, spread = baseline if baseline is not None else unit_baseline(values)
     inside = np.asarray(values[np.sort(members)], dtype=np.float64).mean(0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = np.where(spread > 0, (inside - overall) / spread, 0.0)
+        score = np.where(spread > 0, (inside - overall) / spread, 0.0)   # constant unit: no excess at all
+    # A unit with NaN or infinite activations has no excess to rank: NaN (shown as absent), ranked last.
+    score = np.where(np.isfinite(inside) & np.isfinite(overall) & np.isfinite(spread), score, np.nan)
     best = np.argsort(-score, kind="stable")[:k]
     return pd.DataFrame({"unit": best, "in cluster": inside[best], "dataset": overall[best],
                          "excess (sd)": score[best]})

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from netatlas.backend.activations import (Activations, Progress, Reduction, activation_table,
                                           extract_activations)
@@ -39,7 +40,9 @@ if TYPE_CHECKING:
     from distributed import Client
 
 MANIFEST = "_manifest.json"
-MANIFEST_FORMAT = "netatlas-activation-parts-v1"
+MANIFEST_FORMAT = "netatlas-activation-parts-v2"   # v2: parts hold readable images only, tagged by pass
+PART_META = b"netatlas.part"
+SHARD_ROWS = 8192       # at most this many images per shard: what a lost worker or a killed run costs
 SHARDS_PER_WORKER = 2  # a little slack: a slow worker holds up the end by half its share at most
 CONNECT_TIMEOUT_S = 10.0
 
@@ -120,8 +123,9 @@ def _use_worker_threads() -> None:
 
 
 def _extract_part(spec: ModelSpec, source: DatasetSource, manifest_hash: str, layers: list[str],
-                  reduction: Reduction, start: int, stop: int, batch_size: int, path: str) -> int:
-    """One shard: the forward pass over images start..stop, written atomically to ``path``."""
+                  reduction: Reduction, start: int, stop: int, batch_size: int, path: str, key: str) -> int:
+    """One shard: the forward pass over images start..stop, written atomically to ``path`` (the readable
+    images' rows, tagged with the pass's ``key``); returns how many images it covered."""
     _use_worker_threads()
     dataset = _worker_dataset(source)
     if dataset.manifest_hash != manifest_hash:
@@ -131,9 +135,12 @@ def _extract_part(spec: ModelSpec, source: DatasetSource, manifest_hash: str, la
     daemonic = multiprocessing.current_process().daemon  # may not start DataLoader processes
     with lock:
         acts = extract_activations(loaded.model, dataset, loaded.preprocessing, layers, reduction, batch_size,
-                                   "auto", rows=range(start, stop), num_workers=0 if daemonic else None)
-    write_parquet_atomic(Path(path), activation_table(dataset, acts, start, layers), ("logits", *layers))
-    return len(acts)
+                                   "auto", rows=range(start, stop), num_workers=0 if daemonic else None,
+                                   classify=False)
+    table = activation_table(dataset, acts, start, layers)
+    table = table.replace_schema_metadata({PART_META: json.dumps([key, start, stop]).encode()})
+    write_parquet_atomic(Path(path), table, ("logits", *layers))
+    return stop - start
 
 
 # ------------------------------------------------------------------------------------ on the client
@@ -143,18 +150,24 @@ def extract_sharded(spec: ModelSpec, source: str | os.PathLike | DatasetSource, 
                     progress: Progress | None = None, inputs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the extraction as one Dask task per shard into ``out_dir``; returns the manifest.
 
-    ``inputs`` (the cache key's inputs) is recorded in the manifest, so a reader can tell whose
-    parts these are. Worker failures surface as NetatlasError with the worker's message.
+    Parts already there for the same pass (``inputs``, the cache key's inputs, and the same range) are kept:
+    a run killed part way, or a worker lost with its shard, costs only the missing shards (Dask itself
+    reruns a lost worker's task; a killed client's finished parts survive it). Worker failures surface as
+    NetatlasError with the worker's message.
     """
     out_dir, source, layers = Path(out_dir), portable_source(source), list(dict.fromkeys(layers))
     [(n, manifest_hash)] = _results(client, [client.submit(_dataset_facts, source, pure=False)])
-    _clear(out_dir)
-    ranges = shard_ranges(n, SHARDS_PER_WORKER * max(1, len(client.nthreads())), batch_size)
-    parts = [f"part-{i:05d}.parquet" for i in range(len(ranges))]
+    key = cache_key(inputs or {})
+    ranges = shard_ranges(n, max(SHARDS_PER_WORKER * max(1, len(client.nthreads())), -(-n // SHARD_ROWS)),
+                          batch_size)
+    parts = [f"part-{start:012d}-{stop:012d}.parquet" for start, stop in ranges]
+    kept = _keep_parts(out_dir, key, dict(zip(parts, ranges)))
     futures = [client.submit(_extract_part, spec, source, manifest_hash, layers, reduction, start, stop,
-                             batch_size, str(out_dir / name), pure=False)
-               for (start, stop), name in zip(ranges, parts)]
-    done = 0
+                             batch_size, str(out_dir / name), key, pure=False)
+               for (start, stop), name in zip(ranges, parts) if name not in kept]
+    done = sum(stop - start for (start, stop), name in zip(ranges, parts) if name in kept)
+    if progress:
+        progress(done, n)
     for rows in _results(client, futures, as_they_finish=True):
         done += rows
         if progress:
@@ -163,7 +176,7 @@ def extract_sharded(spec: ModelSpec, source: str | os.PathLike | DatasetSource, 
                 "batch_size": batch_size, "dataset": manifest_hash, "checkpoint": spec.checkpoint_hash,
                 "parts": [{"file": name, "start": start, "stop": stop}
                           for name, (start, stop) in zip(parts, ranges)],
-                "key": cache_key(inputs or {}), "inputs": json.loads(canonical_json(inputs or {}))}
+                "key": key, "inputs": json.loads(canonical_json(inputs or {}))}
     _write_text_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
@@ -183,11 +196,25 @@ def _results(client: "Client", futures: list, as_they_finish: bool = False) -> I
         client.cancel([f for f in futures if not f.done()])
 
 
-def _clear(out_dir: Path) -> None:
-    """Manifest first: while old parts are being removed, the folder already reads as incomplete."""
+def _keep_parts(out_dir: Path, key: str, wanted: dict[str, tuple[int, int]]) -> set[str]:
+    """The parts in ``out_dir`` written for this pass (``key``) over the wanted ranges; everything else there
+    (the manifest first, so that the folder reads as incomplete meanwhile) is removed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for path in [out_dir / MANIFEST, *out_dir.glob("part-*.parquet"), *out_dir.glob(".tmp-*")]:
-        path.unlink(missing_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    kept = set()
+    for path in out_dir.iterdir():
+        if path.name in wanted and _part_tag(path) == [key, *wanted[path.name]]:
+            kept.add(path.name)
+        else:
+            path.unlink(missing_ok=True)
+    return kept
+
+
+def _part_tag(path: Path) -> list | None:
+    try:
+        return json.loads(pq.read_schema(path).metadata.get(PART_META, b"null"))
+    except (OSError, ValueError, AttributeError, pa.ArrowException):
+        return None
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -231,22 +258,24 @@ def read_parts(out_dir: str | os.PathLike) -> "dd.DataFrame":
 
 def parts_to_activations(out_dir: str | os.PathLike, layers: list[str],
                          reduction: Reduction = "mean") -> Activations:
-    """The parts as numpy Activations in image order, computed through ``read_parts``."""
+    """The parts as numpy Activations in image order, computed through ``read_parts``: the readable images'
+    rows (``index``), no predictions (the caller knows whether the model has a classifier head)."""
     manifest, layers = _complete(out_dir), list(dict.fromkeys(layers))
     if set(layers) - set(manifest["layers"]) or manifest["reduction"] != reduction:
         raise NetatlasError(f"{out_dir} holds layers {manifest['layers']} ({manifest['reduction']}), "
                             f"not {layers} ({reduction})")
-    frame = read_parts(out_dir)[["index", "prediction", "logits", *layers]].compute()
+    frame = read_parts(out_dir)[["index", "logits", *layers]].compute()
     index = frame["index"].to_numpy(np.int64)
     order = np.argsort(index, kind="stable")
-    if not np.array_equal(index[order], np.arange(manifest["rows"])):
-        raise NetatlasError(f"the parts in {out_dir} do not cover images 0..{manifest['rows'] - 1} once each")
+    index = index[order]
+    if len(index) and (index[0] < 0 or index[-1] >= manifest["rows"] or (np.diff(index) <= 0).any()):
+        raise NetatlasError(f"the parts in {out_dir} hold images outside 0..{manifest['rows'] - 1} or twice")
 
     def vectors(name: str) -> np.ndarray:
         return arrow_to_vectors(pa.array(frame[name].array))[order]
 
-    return Activations(vectors("logits"), frame["prediction"].to_numpy(np.int64)[order],
-                       {name: vectors(name) for name in layers}, reduction)
+    return Activations(vectors("logits"), None, {name: vectors(name) for name in layers}, reduction,
+                       None if len(index) == manifest["rows"] else index)
 
 
 # ------------------------------------------------------------------------------------------ cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Callable, Iterator, Sequence
 from netatlas.app.arguments import add_serve_args
 from netatlas.backend.arguments import (add_cache_args, add_dask_args, add_data_args, add_model_args,
                                         dataset_from_args, load_from_args, preprocessing_from_args)
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, first_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,10 +22,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except NetatlasError as exc:
-        print(f"netatlas: error: {exc}", file=sys.stderr)
+        print(f"netatlas: error: {' '.join(line.strip() for line in str(exc).splitlines() if line.strip())}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the last net: a bug or an unconverted failure, still one line, never a traceback
+        if os.environ.get("NETATLAS_DEBUG", "") not in ("", "0"):
+            raise
+        print(f"netatlas: error: {args.command} failed unexpectedly ({first_line(exc)}); "
+              "set NETATLAS_DEBUG=1 for the traceback", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,19 +229,32 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    dataset = dataset_from_args(args)
     with contextlib.ExitStack() as resources:
-        workspace = workspace_from_args(args, dataset, args.batch_size, resources)
+        workspace = workspace_from_args(args, dataset_from_args(args), args.batch_size, resources)
         with progress_bar("extract", "img") as progress:
             acts = workspace.activations(args.layers, args.reduction, progress)
-    if dataset.skipped:  # after the pass: rows of Parquet and tar shards are found unreadable while decoding
-        print(f"skipped {len(dataset.skipped)} unreadable images (first: {dataset.skipped[0]})", file=sys.stderr)
+    dataset = workspace.dataset               # the readable images: the pass has found the others
+    report_left_out(workspace)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(workspace.table(acts), args.output, compression="zstd")
-    acc = (acts.predictions == dataset.labels)[dataset.labels >= 0].mean() if dataset.labeled else None
-    print(f"wrote {args.output}: {len(dataset)} images, layers {', '.join(args.layers) or '(logits only)'}"
+    labeled = dataset.labels >= 0
+    acc = (acts.predictions == dataset.labels)[labeled].mean() if acts.predictions is not None and labeled.any() \
+        else None
+    print(f"wrote {args.output}: {len(dataset)} images, layers {', '.join(args.layers) or '(outputs only)'}"
           + (f", accuracy {acc:.4f}" if acc is not None else ""))
     return 0
+
+
+def report_left_out(workspace) -> None:
+    """On stderr: the images left out of every result (unreadable when decoded), and why there are no
+    predictions when the model has no classifier head for this dataset."""
+    skipped = workspace.dataset.skipped
+    if skipped:
+        names = ", ".join(skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        print(f"left out {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} ({names}): no rows, "
+              "no predictions, not in any result", file=sys.stderr)
+    if workspace.predictions_note:
+        print(f"no predictions: {workspace.predictions_note}", file=sys.stderr)
 
 
 def cmd_paths(args: argparse.Namespace) -> int:
@@ -245,6 +266,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
     settings = PathSettings(images=args.images, samples=args.samples)
     with progress_bar("residual paths", "pass") as progress:
         report = workspace.residual_paths(args.units, settings, progress)
+    report_left_out(workspace)
     args.output.mkdir(parents=True, exist_ok=True)
     for name, frame in ((s, getattr(report, s)) for s in report.SECTIONS):
         frame.to_csv(args.output / f"{name}.csv", index=False)
@@ -252,9 +274,11 @@ def cmd_paths(args: argparse.Namespace) -> int:
     written = [export(figure, args.output / f"residual_{name}.{fmt}", dpi=args.dpi)
                for name, figure in residual_figures(report).items() for fmt in args.formats]
     meta = report.meta
+    measured = (f"no classifier head, so measured against the model's output: lesions and reorders scored by "
+                f"the {meta['score_label']}, gradients of {meta['gradient_of']}" if meta.get("mode") == "output"
+                else f"baseline accuracy {meta['baseline_accuracy']:.4f}")
     print(f"wrote {len(written)} figures and {len(report.SECTIONS)} tables to {args.output}: "
-          f"{meta['n_units']} residual units, {meta['images']} images, baseline accuracy "
-          f"{meta['baseline_accuracy']:.4f}")
+          f"{meta['n_units']} residual units, {meta['images']} images, {measured}")
     return 0
 
 
@@ -263,10 +287,9 @@ def cmd_featviz(args: argparse.Namespace) -> int:
     from netatlas.backend.facets import FacetSettings
     from netatlas.backend.featviz import FeatvizSettings
     from netatlas.backend.neurons import top_bottom
-    from netatlas.viz.facets import neuron_card, save_card
+    from netatlas.viz.facets import facets_csv, neuron_card, save_card, text_summary
 
-    dataset = dataset_from_args(args)
-    workspace = workspace_from_args(args, dataset)
+    workspace = workspace_from_args(args, dataset_from_args(args))
     facet_settings = FacetSettings(k=args.k, start=args.start, seed=args.seed)
     featviz_settings = FeatvizSettings(optimizer=args.optimizer, steps=args.steps, diversity=args.diversity,
                                        seed=args.seed)
@@ -274,23 +297,23 @@ def cmd_featviz(args: argparse.Namespace) -> int:
         report = workspace.facets(args.layer, args.unit, facet_settings, featviz_settings, progress)
     acts = workspace.activations([args.layer] if args.layer else [])
     values = (acts.layers[args.layer] if args.layer else acts.logits)[:, args.unit]
+    dataset = workspace.dataset               # the readable images, which the report's indices count
+    report_left_out(workspace)
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    rows = ["facet,activation,ratio_to_dataset_max,rank,images,exemplars"]
     for i, image in enumerate(report.images):
         Image.fromarray(image).save(out / f"facet_{i + 1}.png")
-        rows.append(f"{i + 1},{report.activation[i]:.6g},{report.ratio[i]:.4f},{report.rank[i]},"
-                    f"{report.sizes[i]},{' '.join(map(str, report.exemplars[i]))}")
-    (out / "facets.csv").write_text("\n".join(rows) + "\n")
+    (out / "facets.csv").write_text(facets_csv(report))
     top, bottom = top_bottom(values, 8)
     exemplars = [[dataset.read(int(i)) for i in e] for e in report.exemplars]
-    title = f"{args.layer or 'logits'} · unit {args.unit}"
+    title = f"{args.layer or ('model output' if workspace.predictions_note else 'logits')} · unit {args.unit}"
     for fmt in ("png", "svg", "pdf"):
         card = neuron_card(report, exemplars, values, [dataset.read(int(i)) for i in top],
                            [dataset.read(int(i)) for i in bottom], title)
         save_card(card, out / f"neuron_card.{fmt}")
-    print(f"wrote {len(report.images)} facets and neuron_card.png/svg/pdf to {out}: activation / dataset max "
-          f"{', '.join(f'{r:.2f}' for r in report.ratio)}; diversity {report.diversity:.3f}")
+    print(f"wrote {len(report.images)} facets, facets.csv and neuron_card.png/svg/pdf to {out}")
+    for line in text_summary(report):
+        print(f"  {line}")
     return 0
 
 
@@ -303,23 +326,26 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
     if args.exact_threshold < 1 or args.micro_size < 2 or not 1 <= args.k <= 1000:
         raise NetatlasError("--exact-threshold must be >= 1, --micro-size >= 2 and -k between 1 and 1000")
-    dataset = dataset_from_args(args)
-    workspace = workspace_from_args(args, dataset)
+    workspace = workspace_from_args(args, dataset_from_args(args))
     settings = TreeSettings(exact_threshold=args.exact_threshold, micro_size=args.micro_size)
     with progress_bar("cluster", "step") as progress:
         tree = workspace.cluster_tree(args.layer, args.reduction, settings, progress)
+    dataset = workspace.dataset
+    report_left_out(workspace)
     meta = tree.meta
-    print(f"{meta['method']} tree of {tree.n_images:,} images on {meta.get('layer') or 'the logits'} "
+    print(f"{meta['method']} tree of {tree.n_images:,} images on {meta.get('layer') or 'the outputs'} "
           f"({meta['dims']} dims) in {meta['seconds']:.2f} s"
           + (f", {meta['micro_clusters']:,} micro-clusters" if meta["micro_clusters"] else ""))
-    print(f"{'node':>8} {'images':>8} {'accuracy':>9} {'height':>10}  majority class         medoid")
+    scored = workspace.predicts and dataset.labeled
+    print(f"{'node':>8} {'images':>8}" + (f" {'accuracy':>9}" if scored else "")
+          + f" {'height':>10}  majority class         medoid")
     for node in tree.frontier(tree.root, args.k):
         counts = tree.classes_of(node, dataset.labels, len(dataset.classes))
         major = int(np.argmax(counts)) if counts.sum() else -1
         share = f"{dataset.class_name(major)} ({counts[major] / counts.sum():.0%})" if major >= 0 else "-"
         acc = tree.accuracy[node]
-        print(f"{node:>8} {tree.count[node]:>8,} {'-' if np.isnan(acc) else f'{acc:.1%}':>9} "
-              f"{tree.height[node]:>10.4g}  {share:<22} {dataset.ids[tree.medoid[node]]}")
+        print(f"{node:>8} {tree.count[node]:>8,}" + (f" {'-' if np.isnan(acc) else f'{acc:.1%}':>9}" if scored else "")
+              + f" {tree.height[node]:>10.4g}  {share:<22} {dataset.ids[tree.medoid[node]]}")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(tree.to_table(), args.output, compression="zstd")
@@ -335,24 +361,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.neighbors < 2 or args.fit_sample < 3 or not 0 <= args.min_dist <= 1:
         raise NetatlasError("--neighbors must be >= 2, --fit-sample >= 3 and --min-dist between 0 and 1")
-    dataset = dataset_from_args(args)
-    seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed
-    settings = EmbedSettings(method=args.method, n_neighbors=args.neighbors, min_dist=args.min_dist,
-                             fit_sample=args.fit_sample, seed=seed)
     start = time.perf_counter()
     with contextlib.ExitStack() as resources, progress_bar("embed", "img") as progress:
-        workspace = workspace_from_args(args, dataset, resources=resources)
+        workspace = workspace_from_args(args, dataset_from_args(args), resources=resources)
+        workspace.representation(args.layer, args.reduction, progress)  # the pass finds the readable images,
+        dataset = workspace.dataset                                      # whose count sets the default seed
+        seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed
+        settings = EmbedSettings(method=args.method, n_neighbors=args.neighbors, min_dist=args.min_dist,
+                                 fit_sample=args.fit_sample, seed=seed)
         result = workspace.embedding(args.layer, args.reduction, settings, progress)
         predictions = workspace.activations([], args.reduction).predictions
+    report_left_out(workspace)
     layer = workspace.representation_layer() if args.layer is None else args.layer
-    print(f"{result.method} map of {len(dataset):,} images on {layer or 'the logits'} in "
+    print(f"{result.method} map of {len(dataset):,} images on {layer or 'the outputs'} in "
           f"{time.perf_counter() - start:.1f} s ({result.n_fitted:,} fitted"
           + (f", {len(dataset) - result.n_fitted:,} placed)" if result.n_fitted < len(dataset) else ")"))
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"index": range(len(dataset)), "id": dataset.ids, "label": dataset.labels,
-                                 "prediction": predictions, "x": result.xy[:, 0], "y": result.xy[:, 1],
-                                 "fitted": result.fitted}), args.output, compression="zstd")
+        columns = {"index": range(len(dataset)), "id": dataset.ids, "label": dataset.labels,
+                   **({"prediction": predictions} if predictions is not None else {}),
+                   "x": result.xy[:, 0], "y": result.xy[:, 1], "fitted": result.fitted}
+        pq.write_table(pa.table(columns), args.output, compression="zstd")
         print(f"wrote {args.output}")
     if args.png:
         from netatlas.viz.embedding import MapPoints, map_png

@@ -138,12 +138,17 @@ class Atlas:
         return view
 
     def map(self, color: str = "class", method: str = "umap", layer: str | None = None) -> Any:
-        """The datashader embedding map: ``color`` class, predicted, correct, cluster, value or density."""
-        from netatlas.app.map_view import COLOR_BY, METHODS
+        """The datashader embedding map: ``color`` class, predicted, correct, cluster, value or density
+        (predicted and correct only for a model with predictions)."""
+        from netatlas.app.map_view import COLOR_BY, METHODS, NEEDS_PREDICTIONS
         from netatlas.backend.embedding import EmbedSettings, default_seed
 
         view = self.views["Map"]
-        view.color_by.value = _label_of(COLOR_BY, color, "color")
+        label = _label_of(COLOR_BY, color, "color")
+        note = self.workspace.predictions_note
+        if note and label in NEEDS_PREDICTIONS:
+            raise NetatlasError(f"colour {color!r} needs predictions, and this model has none: {note}")
+        view.color_by.value = label
         view.method.value = _label_of(METHODS, method, "method")
         if layer is not None:
             view.layer.value = layer or LOGITS

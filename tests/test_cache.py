@@ -19,12 +19,12 @@ LAYERS = ["stem.0", "fc"]
 
 
 class ExtractSpy:
-    """Wraps extract_activations, recording the layers each call asked for."""
+    """Wraps the Workspace's pass (resumable_pass), recording the layers each call asked for."""
 
     def __init__(self, monkeypatch) -> None:
         self.calls: list[list[str]] = []
-        self._real = workspace_module.extract_activations
-        monkeypatch.setattr(workspace_module, "extract_activations", self)
+        self._real = workspace_module.resumable_pass
+        monkeypatch.setattr(workspace_module, "resumable_pass", self)
 
     def __call__(self, model, dataset, preprocessing, layers=(), *args, **kwargs):
         self.calls.append(list(layers))
@@ -33,8 +33,8 @@ class ExtractSpy:
 
 def forbid_extraction(monkeypatch) -> None:
     def refuse(*args, **kwargs):
-        raise AssertionError("extract_activations ran although the cache holds the result")
-    monkeypatch.setattr(workspace_module, "extract_activations", refuse)
+        raise AssertionError("a pass ran although the cache holds the result")
+    monkeypatch.setattr(workspace_module, "resumable_pass", refuse)
 
 
 @pytest.fixture

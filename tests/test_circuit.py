@@ -164,7 +164,7 @@ def test_tracing_leaves_the_model_untouched():
 
 
 def test_wrong_input_and_torchscript_are_clear_errors():
-    with pytest.raises(NetatlasError, match="fails on a x 1x3x28x28 input"):
+    with pytest.raises(NetatlasError, match="DemoResNet failed on a 1x3x28x28 batch of zeros"):
         trace_circuit(DemoResNet(), torch.zeros(1, 3, 28, 28))
     scripted = torch.jit.script(mlp())
     with pytest.raises(NetatlasError, match="TorchScript"):

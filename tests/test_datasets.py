@@ -108,7 +108,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     np.testing.assert_allclose(image.astype(float), deep / 257.0, atol=1.0)
 
 
-def test_unreadable_file_is_skipped_and_counted_when_decoded(tmp_path):
+def test_unreadable_file_is_left_out_of_its_batch_and_counted_when_decoded(tmp_path):
     save(random_rgb(0), tmp_path / "a" / "good.png")
     (tmp_path / "a" / "x.png").write_bytes(os.urandom(200))
     (tmp_path / "a" / "notes.txt").write_text("not an image, not even looked at")
@@ -116,8 +116,8 @@ def test_unreadable_file_is_skipped_and_counted_when_decoded(tmp_path):
     ds = folder_dataset(tmp_path)
     assert ds.ids == ["a/good.png", "a/x.png"]
     assert ds.skipped == []                                  # opening reads no image
-    _, x = collect(ds, Preprocessing(size=(10, 10), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
-    assert x.shape == (2, 3, 10, 10)
+    idx, x = collect(ds, Preprocessing(size=(10, 10), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)))
+    assert idx.tolist() == [0] and x.shape == (1, 3, 10, 10)  # left out, not replaced by a black image
     assert ds.skipped == ["a/x.png"]
     assert (ds.read(1) == 0).all() and ds.read(0).shape == (10, 10, 3)  # read(i) gives a black stand-in
     (tmp_path / "a" / "good.png").unlink()                   # removed after opening: black, counted

@@ -365,3 +365,12 @@ def test_map_shows_a_pca_preview_until_the_umap_map_is_ready(small_loaded, small
 
     with ThreadPoolExecutor(1) as thread:   # a loop of its own: the browser tests' Playwright keeps one running here
         thread.submit(asyncio.run, scenario()).result()
+
+
+def test_identical_rows_are_one_point_not_a_random_scatter():
+    """A constant representation: UMAP would start at random and spread identical images apart."""
+    x = np.full((60, 7), 0.25, dtype=np.float32)
+    emb = embed(x, EmbedSettings(method="umap", n_neighbors=5))
+    assert np.isfinite(emb.xy).all()
+    np.testing.assert_array_equal(emb.xy, np.zeros_like(emb.xy))
+    assert emb.method == "pca" and emb.n_fitted == 60

@@ -351,3 +351,47 @@ def test_the_page_draws_the_same_small_multiples_with_bokeh(layer, sample):
         assert [r.glyph.line_color for r in hovered] == [figures._LINES[total.group][0]]
     fit = drawn[figures.COLORS["fit"]]
     assert fit.glyph.line_dash == [6] or fit.glyph.line_dash == "dashed"
+
+
+# ----------------------------------------------------------------------------- defined numbers only
+
+class Reciprocal(SineSquare):
+    """phi_ij(x) = w_ij / x: no value at x = 0 (torch gives inf there)."""
+
+    parts = (Part("base"),)
+
+    def part_values(self, part: str, t: torch.Tensor) -> torch.Tensor:
+        return (1 / t)[..., None] * torch.as_tensor(self.w, dtype=t.dtype)
+
+    def closed_form(self, i: int, j: int, x: np.ndarray, part: str = "total") -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return self.w[i, j] / x.astype(np.float64)
+
+
+def test_curve_table_leaves_a_pole_empty_never_inf():
+    layer = Reciprocal(2, 2)
+    table = figures.curve_table(layer, [(0, 1), (1, 0)], points=201)   # x = -2 .. 2 passes through 0
+    at_pole = table["x"] == 0
+    assert at_pole.sum() == 2 and table.loc[at_pole, "total"].isna().all()
+    elsewhere = table[~at_pole]
+    want = [layer.closed_form(int(r.i), int(r.j), np.array([r.x]))[0] for r in elsewhere.itertuples()]
+    np.testing.assert_allclose(elsewhere["total"], want, rtol=1e-5)
+    text = table.to_csv(index=False)
+    assert "inf" not in text.lower() and "nan" not in text.lower()
+
+
+def test_one_input_sample_is_replaced_for_importance_and_said_so():
+    """A standard deviation over one input is undefined (torch: NaN); the analysis says so and measures
+    the spread on the uniform sample instead, which the importance then matches."""
+    from netatlas.backend.kan.analysis import UNIFORM_SAMPLE, analyze
+
+    net = network(2, 3, 1)
+    analysis = analyze(net, torch.tensor([[0.3, -0.2]]))
+    assert "the sample has 1 input, too few to measure a spread" in analysis.sample_note
+    assert len(analysis.inputs[0]) == UNIFORM_SAMPLE
+    for layer, x, scores in zip(net.layers, analysis.inputs, analysis.importance):
+        assert torch.isfinite(scores).all()
+        np.testing.assert_allclose(scores.numpy(), edge_importance(layer, x).numpy())
+    uniform = analyze(net, None)
+    for ours, theirs in zip(analysis.importance, uniform.importance):
+        np.testing.assert_allclose(ours.numpy(), theirs.numpy())

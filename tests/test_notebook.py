@@ -91,7 +91,7 @@ def test_a_map_computed_in_the_notebook_is_the_pages_cache_entry(atlas, monkeypa
     page_side = Workspace(load_checkpoint(demo_checkpoint()), demo_dataset(), ResultCache(atlas.workspace.cache.root),
                           "cpu", source="demo")
     monkeypatch.setattr(workspace_module, "embed", lambda *a, **k: pytest.fail("the map was computed again"))
-    monkeypatch.setattr(workspace_module, "extract_activations", lambda *a, **k: pytest.fail("extracted again"))
+    monkeypatch.setattr(workspace_module, "resumable_pass", lambda *a, **k: pytest.fail("extracted again"))
     settings = EmbedSettings(method="pca", seed=default_seed(5000))
     np.testing.assert_array_equal(page_side.embedding(settings=settings).xy,
                                   atlas.workspace.embedding(settings=settings).xy)

@@ -40,5 +40,5 @@ def test_kwargs_must_be_a_json_object():
 
 
 def test_a_model_that_rejects_the_input_shape_says_how_to_fix_it():
-    with pytest.raises(NetatlasError, match="fails on a 1x3x28x28 input.*Preprocessing"):
+    with pytest.raises(NetatlasError, match="DemoResNet failed on a 1x3x28x28 batch.*Preprocessing"):
         describe_model(DemoResNet(in_channels=1), (1, 3, 28, 28))

@@ -234,16 +234,17 @@ def test_extraction_equals_the_same_images_as_a_png_folder(tmp_path, digits, sma
     assert table.labels.tolist() == folder.labels[order].tolist()
 
 
-def test_an_undecodable_row_reads_black_and_is_counted_during_extraction(tmp_path, digits, small_loaded):
+def test_an_undecodable_row_has_no_result_and_is_counted_during_extraction(tmp_path, digits, small_loaded):
     images, labels = digits
     encoded = [encode(im) for im in images]
     encoded[17] = b"\x89PNG\r\n\x1a\n not really"
     pq.write_table(image_table(encoded, labels), tmp_path / "bad.parquet", row_group_size=6)
     ds = load_dataset(tmp_path / "bad.parquet")
     assert ds.skipped == []  # nothing decoded on open
-    extract_activations(small_loaded.model, ds, small_loaded.preprocessing, batch_size=8, device="cpu")
+    acts = extract_activations(small_loaded.model, ds, small_loaded.preprocessing, batch_size=8, device="cpu")
     assert ds.skipped == ["bad/17"]
-    image = ds.read(17)
+    assert acts.rows().tolist() == [i for i in range(len(ds)) if i != 17] and len(acts.logits) == len(ds) - 1
+    image = ds.read(17)                                  # shown (if ever) as black; never a result
     assert image.max() == 0 and image.shape == (8, 8)
     assert ds.skipped == ["bad/17"]  # counted once
 

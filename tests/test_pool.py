@@ -140,8 +140,8 @@ def test_a_result_asked_for_twice_at_once_is_computed_once(tmp_path, monkeypatch
     pool, cache = SharedPool(max_bytes=1 << 30), ResultCache(tmp_path)
     ws = _open(pool, demo_checkpoint(), cache).value
     passes, trees = [], []
-    extract, build = workspace_module.extract_activations, workspace_module.build_cluster_tree
-    monkeypatch.setattr(workspace_module, "extract_activations", lambda *a, **k: passes.append(1) or extract(*a, **k))
+    extract, build = workspace_module.resumable_pass, workspace_module.build_cluster_tree
+    monkeypatch.setattr(workspace_module, "resumable_pass", lambda *a, **k: passes.append(1) or extract(*a, **k))
     monkeypatch.setattr(workspace_module, "build_cluster_tree",
                         lambda *a, **k: trees.append(1) or time.sleep(0.3) or build(*a, **k))
     results = []
@@ -187,8 +187,8 @@ def test_a_session_closed_while_loading_gives_its_workspace_back(tmp_path):
 def test_the_first_neurons_pass_also_captures_what_the_dendromap_clusters(tmp_path, monkeypatch):
     """Opening a model costs one pass over the dataset, not one for the Neurons tab and one for the DendroMap."""
     passes = []
-    extract = workspace_module.extract_activations
-    monkeypatch.setattr(workspace_module, "extract_activations",
+    extract = workspace_module.resumable_pass
+    monkeypatch.setattr(workspace_module, "resumable_pass",
                         lambda *a, **k: passes.append(list(a[3])) or extract(*a, **k))
     state = AppState(AppConfig(cache_dir=tmp_path))
     neurons = build_views(state)["Neurons"]

@@ -86,23 +86,23 @@ def test_parts_equal_the_single_process_pass(parts, single, digits_npz):
     np.testing.assert_array_equal(frame["index"].to_numpy(), np.arange(N_IMAGES))
     assert frame["id"].tolist() == dataset.ids
     np.testing.assert_array_equal(frame["label"].to_numpy(), dataset.labels)
-    np.testing.assert_array_equal(frame["prediction"].to_numpy(), single.predictions)
+    assert "prediction" not in frame.columns          # the client decides whether the model predicts
     assert np.array_equal(np.stack(frame["logits"].to_numpy()), single.logits)
     assert np.array_equal(np.stack(frame["blocks.1"].to_numpy()), single.layers["blocks.1"])
 
     acts = parts_to_activations(out, LAYERS)
     assert np.array_equal(acts.logits, single.logits)
-    assert np.array_equal(acts.predictions, single.predictions)
+    assert acts.predictions is None and acts.index is None
     for name in LAYERS:
         assert acts.layers[name].dtype == np.float32 and np.array_equal(acts.layers[name], single.layers[name])
 
 
 def test_a_folder_without_manifest_is_never_read(parts, tmp_path):
-    out, _, _ = parts
+    out, manifest, _ = parts
     partial = tmp_path / "partial"
     shutil.copytree(out, partial)
     assert read_manifest(partial) is not None
-    (partial / "part-00002.parquet").unlink()          # a part lost: incomplete
+    (partial / manifest["parts"][2]["file"]).unlink()  # a part lost: incomplete
     assert read_manifest(partial) is None
     shutil.copytree(out, partial, dirs_exist_ok=True)
     (partial / MANIFEST).unlink()                       # interrupted before the manifest
@@ -122,17 +122,36 @@ def test_workspace_on_dask_writes_the_usual_cache_entries(client, loaded, digits
                                          source=str(digits_npz))
     acts = on_dask.activations(["pool"])
     assert np.array_equal(acts.logits, single.logits) and np.array_equal(acts.layers["pool"], single.layers["pool"])
-    inputs = on_dask._inputs(layers=["pool"], reduction="mean")
+    inputs = on_dask._pass_inputs(["pool"], "mean")
     assert read_manifest(cache.parts_dir("activations-parts", inputs), inputs) is not None
 
     def no_pass(*args, **kwargs):
         raise AssertionError("the single-machine Workspace recomputed instead of reading the cache")
 
-    monkeypatch.setattr(workspace_module, "extract_activations", no_pass)
+    monkeypatch.setattr(workspace_module, "resumable_pass", no_pass)
     again = workspace_module.Workspace(loaded, dataset, cache, "cpu", BATCH).activations(["pool"])
     assert np.array_equal(again.logits, single.logits)
     assert np.array_equal(again.predictions, single.predictions)
     assert np.array_equal(again.layers["pool"], single.layers["pool"])
+
+
+def test_a_rerun_keeps_the_parts_already_written(parts, client, loaded, digits_npz, single, tmp_path):
+    """A killed client or a lost worker costs only the missing shards: the others are kept, not rewritten."""
+    out, manifest, _ = parts
+    rerun = tmp_path / "rerun"
+    shutil.copytree(out, rerun)
+    lost = manifest["parts"][1]["file"]
+    (rerun / lost).unlink()
+    (rerun / MANIFEST).unlink()                          # killed before the manifest was written
+    (rerun / ".tmp-half-written.parquet").write_bytes(b"PAR1 cut")
+    before = {p.name: p.stat().st_mtime_ns for p in rerun.glob("part-*.parquet")}
+    again = extract_sharded(ModelSpec.from_loaded(loaded), digits_npz, LAYERS, "mean", rerun, client, BATCH)
+    after = {p.name: p.stat().st_mtime_ns for p in rerun.glob("part-*.parquet")}
+    assert {name: after[name] for name in before} == before and lost in after   # only the lost part ran
+    assert not list(rerun.glob(".tmp-*")) and again["parts"] == manifest["parts"]
+    acts = parts_to_activations(rerun, LAYERS)
+    assert np.array_equal(acts.logits, single.logits) and np.array_equal(acts.layers["blocks.1"],
+                                                                         single.layers["blocks.1"])
 
 
 def test_an_image_folder_is_decoded_in_the_daemonic_workers(client, loaded, tmp_path):

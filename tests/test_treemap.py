@@ -188,6 +188,19 @@ def test_constant_activation_does_not_divide_by_zero():
         assert color_scale(np.array([np.nan, np.nan]), "activation") == ["#bbbbbb"] * 2
 
 
+def test_infinite_values_are_grey_and_do_not_stretch_the_scale():
+    """An infinite value has no colour on a scale (it was coloured as the top end), and a bound that is
+    not finite falls back to the finite values' own range (a NaN bound made every tile middle-green)."""
+    viridis = colormaps["viridis"]
+    expected = [to_hex(viridis(0.0)), to_hex(viridis(0.25)), to_hex(viridis(1.0)), "#bbbbbb", "#bbbbbb"]
+    values = np.array([0.0, 1.0, 4.0, np.inf, -np.inf])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert color_scale(values, "activation") == expected
+        assert color_scale(values, "activation", vmin=np.nan, vmax=np.inf) == expected
+        assert color_scale(np.array([0.5, np.inf]), "accuracy")[1] == "#bbbbbb"
+
+
 def test_legend_is_a_gradient_of_the_same_colours():
     out = legend_html("accuracy", title="<b>acc</b>")
     stops = re.search(r"linear-gradient\(to right,([^)]*)\)", out).group(1).split(",")

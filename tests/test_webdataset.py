@@ -145,14 +145,18 @@ def test_extraction_equals_the_same_images_as_a_png_folder(tmp_path, shards, dig
     np.testing.assert_array_equal(got.layers["blocks.1"][png_rows], want.layers["blocks.1"][order][png_rows])
 
 
-def test_an_undecodable_member_reads_black_and_is_counted(tmp_path, digits, small_loaded):
+def test_an_undecodable_member_has_no_result_and_is_counted(tmp_path, digits, small_loaded):
     images, labels = digits
     bad = samples(images[:10], labels[:10])
     bad[4]["png"] = b"\x89PNG\r\n\x1a\n" + os.urandom(300)
     write_tar(tmp_path / "bad.tar", bad, [f"k{i}" for i in range(10)])
     ds = load_dataset(tmp_path / "bad.tar")
-    extract_activations(small_loaded.model, ds, small_loaded.preprocessing, batch_size=4, device="cpu")
+    acts = extract_activations(small_loaded.model, ds, small_loaded.preprocessing, batch_size=4, device="cpu")
     assert ds.skipped == ["k4"]
+    assert acts.rows().tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    want = extract_activations(small_loaded.model, load_dataset(tmp_path / "bad.tar"), small_loaded.preprocessing,
+                               batch_size=1, device="cpu")          # batch of one: no neighbour can differ
+    np.testing.assert_allclose(acts.logits, want.logits, atol=1e-5)
     assert ds.read(4).max() == 0
 
 

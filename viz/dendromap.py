@@ -2,6 +2,9 @@
 
 Every number a tile shows is a range lookup on the tree's flat arrays or a prefix sum over its leaf
 order, so a frame costs O(cells + k log k) whatever the dataset's size.
+
+Without predictions (a backbone with no classifier head) a frame says nothing about them: no accuracy
+colouring or label, no "predicted" in a tooltip, no misclassified outline.
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ ColorBy = Literal["accuracy", "class share", "neuron"]
 
 @dataclass
 class MapData:
-    """Per-image facts a frame needs, with prefix sums over the tree's leaf order."""
+    """Per-image facts a frame needs, with prefix sums over the tree's leaf order. ``predictions`` is
+    None when the model has none (no classifier head for these classes); ``wrong`` is then None too."""
 
     tree: ClusterTree
     labels: np.ndarray
-    predictions: np.ndarray
+    predictions: np.ndarray | None
     ids: list[str]
     class_names: list[str]
     hits: np.ndarray | None = None          # [N] bool: images matching the filter or selection
     _hit_positions: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.wrong = (self.labels >= 0) & (self.predictions != self.labels)
+        self.wrong: np.ndarray | None = (None if self.predictions is None
+                                         else (self.labels >= 0) & (self.predictions != self.labels))
         self.set_hits(self.hits)
+
+    @property
+    def has_predictions(self) -> bool:
+        return self.predictions is not None
 
     def set_hits(self, hits: np.ndarray | None) -> None:
         """Mark the images a filter or selection matched (None: no filter)."""
@@ -62,9 +71,11 @@ def node_means(tree: ClusterTree, values: np.ndarray) -> Callable[[int], float]:
 def node_colors(data: MapData, nodes: list[int], color_by: ColorBy, class_index: int = 0,
                 unit_mean: Callable[[int], float] | None = None,
                 unit_range: tuple[float, float] | None = None) -> tuple[np.ndarray, list[str]]:
-    """(values, CSS colours) of ``nodes`` for the chosen colouring."""
+    """(values, CSS colours) of ``nodes`` for the chosen colouring (accuracy needs predictions)."""
     tree = data.tree
     if color_by == "accuracy":
+        if not data.has_predictions:
+            raise ValueError("colouring by accuracy needs predictions, and this model has none")
         values = np.array([tree.accuracy[n] for n in nodes])
         return values, color_scale(values, "accuracy")
     if color_by == "class share":
@@ -73,7 +84,7 @@ def node_colors(data: MapData, nodes: list[int], color_by: ColorBy, class_index:
         return values, color_scale(values, "share")
     if unit_mean is None:
         values = np.full(len(nodes), np.nan)
-        return values, color_scale(values, "accuracy")
+        return values, color_scale(values, "activation")
     values = np.array([unit_mean(n) for n in nodes])
     lo, hi = unit_range or (None, None)
     return values, color_scale(values, "activation", lo, hi)
@@ -97,13 +108,18 @@ def representatives(tree: ClusterTree, node: int, cells: int, hits: np.ndarray |
 
 
 def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell_px: int,
-                    image_src: Callable[[int], str], color_by: ColorBy = "accuracy", class_index: int = 0,
+                    image_src: Callable[[int], str], color_by: ColorBy | None = None, class_index: int = 0,
                     unit_mean: Callable[[int], float] | None = None,
                     unit_range: tuple[float, float] | None = None,
                     misclassified: Literal["outline", "fade", "none"] = "outline",
                     selected: int | None = None) -> tuple[str, list[int]]:
-    """(HTML, the clusters shown) for ``node`` expanded breadth-first into ``k`` clusters."""
+    """(HTML, the clusters shown) for ``node`` expanded breadth-first into ``k`` clusters. ``color_by``
+    defaults to accuracy, or a class's share when there are no predictions."""
     tree = data.tree
+    if color_by is None:
+        color_by = "accuracy" if data.has_predictions else "class share"
+    if not data.has_predictions:
+        misclassified = "none"                       # nothing is misclassified without predictions
     clusters = tree.frontier(node, k)
     rects = treemap_layout(node, clusters, tree.children, tree.count, cols, rows)
     values, colors = node_colors(data, clusters, color_by, class_index, unit_mean, unit_range)
@@ -116,7 +132,7 @@ def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell
             node=cluster, rect=rect, label=_tile_label(data, cluster, None if hits is None else len(hits)),
             color=color, title=_tile_title(data, cluster, color_by, value),
             images=images, image_titles=[image_title(data, i) for i in images],
-            wrong=[bool(data.wrong[i]) for i in images],
+            wrong=[data.wrong is not None and bool(data.wrong[i]) for i in images],
             highlight=[hits is not None and bool(data.hits[i]) for i in images],
             dim=hits is not None and not len(hits)))
     return treemap_html(tiles, cell_px, cols, rows, image_src, misclassified, selected), clusters
@@ -124,7 +140,7 @@ def dendromap_frame(data: MapData, node: int, k: int, cols: int, rows: int, cell
 
 def _tile_label(data: MapData, node: int, hits: int | None) -> str:
     tree = data.tree
-    acc = tree.accuracy[node]
+    acc = tree.accuracy[node] if data.has_predictions else np.nan
     count = int(tree.count[node])
     text = f"{count:,} image{'s' if count != 1 else ''}" + ("" if np.isnan(acc) else f" · {acc:.0%} acc")
     return text + (f" · {hits:,} match" + ("es" if hits != 1 else "") if hits is not None else "")
@@ -136,11 +152,21 @@ def _tile_title(data: MapData, node: int, color_by: str, value: float) -> str:
     top = np.argsort(-counts, kind="stable")[:3]
     classes = ", ".join(f"{data.class_name(int(c))} {counts[c]:,}" for c in top if counts[c])
     return (f"cluster {node}: {tree.count[node]:,} images, merge height {tree.height[node]:.4g}; "
-            f"{color_by} {value:.3g}; classes: {classes or 'unlabeled'} (click to zoom in)")
+            f"{color_by} {_defined(value, color_by)}; classes: {classes or 'unlabeled'} (click to zoom in)")
+
+
+def _defined(value: float, color_by: str) -> str:
+    """A tile's colour value in words: a number, or why there is none."""
+    if np.isfinite(value):
+        return f"{value:.3g}"
+    return "none (no labelled image here)" if color_by == "accuracy" else "none (no value for these images)"
 
 
 def image_title(data: MapData, index: int) -> str:
-    """Tooltip of a thumbnail: id, label, prediction."""
-    label, pred = int(data.labels[index]), int(data.predictions[index])
+    """Tooltip of a thumbnail: id, label and (when the model predicts classes) prediction."""
+    label = int(data.labels[index])
+    if not data.has_predictions:
+        return f"{data.ids[index]} · label {data.class_name(label)} · click for details"
+    pred = int(data.predictions[index])
     return (f"{data.ids[index]} · label {data.class_name(label)} · predicted {data.class_name(pred)}"
             f"{' (wrong)' if data.wrong[index] else ''} · click for details")

@@ -25,6 +25,7 @@ from matplotlib.path import Path as PolygonPath
 
 ColorBy = Literal["class", "predicted", "correct", "cluster", "value", "density"]
 CATEGORICAL = ("class", "predicted", "correct", "cluster")
+NEEDS_PREDICTIONS = ("predicted", "correct")
 CORRECTNESS = ["correct", "misclassified", "unlabeled"]
 CORRECTNESS_COLORS = ["#3a7fc1", "#d62728", "#9a9a9a"]
 VALUE_CMAP = colorcet.fire[40:]           # dark to bright; low activations stay visible on white
@@ -34,27 +35,37 @@ DENSITY_CMAP = colorcet.blues[60:]
 @dataclass
 class MapPoints:
     """Positions ``x``, ``y`` and categorical columns (pandas categoricals, as datashader's
-    ``count_cat`` needs) of every image; ``value`` (a unit's activation) and ``cluster`` are set later."""
+    ``count_cat`` needs) of every image; ``value`` (a unit's activation) and ``cluster`` are set later.
+    The ``predicted`` and ``correct`` columns exist only when the model predicts the dataset's classes."""
 
     frame: pd.DataFrame
     class_names: list[str]
     categories: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, xy: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
+    def build(cls, xy: np.ndarray, labels: np.ndarray, predictions: np.ndarray | None,
               class_names: list[str]) -> "MapPoints":
+        """``predictions`` None: the model has none, and the map offers no colouring by them."""
         names = [str(c) for c in class_names] or ["?"]
-        correct = np.where(labels < 0, 2, np.where(labels == predictions, 0, 1))
-        frame = pd.DataFrame({
-            "x": np.asarray(xy[:, 0], np.float32), "y": np.asarray(xy[:, 1], np.float32),
-            "class": _categorical(labels, names + ["unlabeled"], missing=len(names)),
-            "predicted": _categorical(predictions, names + ["?"], missing=len(names)),
-            "correct": pd.Categorical.from_codes(correct, CORRECTNESS),
-            "value": np.zeros(len(xy), np.float32)})
+        columns = {"x": np.asarray(xy[:, 0], np.float32), "y": np.asarray(xy[:, 1], np.float32),
+                   "class": _categorical(labels, names + ["unlabeled"], missing=len(names))}
+        if predictions is not None:
+            correct = np.where(labels < 0, 2, np.where(labels == predictions, 0, 1))
+            columns["predicted"] = _categorical(predictions, names + ["?"], missing=len(names))
+            columns["correct"] = pd.Categorical.from_codes(correct, CORRECTNESS)
+        frame = pd.DataFrame({**columns, "value": np.zeros(len(xy), np.float32)})
         points = cls(frame, names)
-        points.categories = {"class": list(frame["class"].cat.categories),
-                             "predicted": list(frame["predicted"].cat.categories), "correct": CORRECTNESS}
+        points.categories = {name: list(frame[name].cat.categories) for name in ("class", "predicted", "correct")
+                             if name in frame}
         return points
+
+    @property
+    def has_predictions(self) -> bool:
+        return "predicted" in self.frame
+
+    def offers(self, color_by: str) -> bool:
+        """Whether the map can be coloured by ``color_by`` (by prediction only when there are predictions)."""
+        return self.has_predictions or color_by not in NEEDS_PREDICTIONS
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -115,6 +126,8 @@ def aggregate(points: MapPoints | pd.DataFrame, color_by: ColorBy, x_range: tupl
               y_range: tuple[float, float], width: int, height: int):
     """datashader's [height, width(, category)] aggregate of the points in the view."""
     frame = points.frame if isinstance(points, MapPoints) else points
+    if color_by in NEEDS_PREDICTIONS and color_by not in frame:
+        raise ValueError(f"colouring by {color_by!r} needs predictions, and this model has none")
     canvas = ds.Canvas(plot_width=max(int(width), 1), plot_height=max(int(height), 1),
                        x_range=tuple(map(float, x_range)), y_range=tuple(map(float, y_range)))
     if color_by in CATEGORICAL:
@@ -189,9 +202,14 @@ def _rgba(image: tf.Image) -> np.ndarray:
 
 
 def _value_span(points: MapPoints) -> tuple[float, float]:
-    values = points.frame["value"].to_numpy()
-    lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    return (lo, hi if hi > lo else lo + 1.0)
+    """The colour scale's ends: the finite values' range (a constant unit is shaded, not spread over a
+    made-up range; the legend says so); (0, 1) when there is no finite value to colour."""
+    values = points.frame["value"].to_numpy(dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return (0.0, 1.0)
+    lo, hi = float(finite.min()), float(finite.max())
+    return (lo, hi if hi > lo else lo + max(abs(lo), 1.0) * 1e-6)
 
 
 def map_png(points: MapPoints, color_by: ColorBy = "class", width: int = 800, height: int = 800) -> bytes:
@@ -217,7 +235,14 @@ def legend_html(points: MapPoints, color_by: ColorBy, title: str = "") -> str:
     cmap = VALUE_CMAP if color_by == "value" else DENSITY_CMAP
     stops = ", ".join(cmap[int(i)] for i in np.linspace(0, len(cmap) - 1, 8))
     if color_by == "value":
-        lo, hi = _value_span(points)
+        values = points.frame["value"].to_numpy(dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if not len(finite):
+            return f"<div class='na-map-legend'><b>{_escape(title or color_by)}</b>: no finite value to colour</div>"
+        lo, hi = float(finite.min()), float(finite.max())
+        if lo == hi:
+            return (f"<div class='na-map-legend'><b>{_escape(title or color_by)}</b>: every image {lo:.3g} "
+                    "(a constant unit)</div>")
         ends = (f"{lo:.3g}", f"{hi:.3g}")
     else:
         ends = ("few", "many images (histogram-equalized)")

@@ -47,12 +47,18 @@ def image_grid_html(images: Sequence[np.ndarray], captions: Sequence[str], *, si
 
 
 def image_detail_html(read: Callable[[int], np.ndarray], ids: Sequence[str], class_name: Callable[[int], str],
-                      labels: np.ndarray, predictions: np.ndarray, index: int, neighbours: Sequence[int],
+                      labels: np.ndarray, predictions: np.ndarray | None, index: int, neighbours: Sequence[int],
                       distances: Sequence[float], heading: str = "Nearest neighbours") -> str:
-    """One image large with its label and prediction, then its nearest neighbours with distances."""
-    wrong = (labels >= 0) & (predictions != labels)
+    """One image large with its label and prediction (none when ``predictions`` is None: the model has no
+    classifier for these classes), then its nearest neighbours with distances."""
+    if predictions is None:
+        wrong = np.zeros(len(labels), bool)
+    else:
+        wrong = (labels >= 0) & (predictions != labels)
 
     def title(i: int) -> str:
+        if predictions is None:
+            return f"{ids[i]} · label {class_name(int(labels[i]))}"
         return (f"{ids[i]} · label {class_name(int(labels[i]))} · predicted {class_name(int(predictions[i]))}"
                 + (" (wrong)" if wrong[i] else ""))
 
@@ -60,8 +66,10 @@ def image_detail_html(read: Callable[[int], np.ndarray], ids: Sequence[str], cla
     grid = image_grid_html([read(int(i)) for i in neighbours], [f"{d:.3g}" for d in distances],
                            titles=[title(int(i)) for i in neighbours], flagged=[bool(wrong[i]) for i in neighbours],
                            size=56, css_class="na-neighbours")
-    flag = " · <b style='color:#d62728'>misclassified</b>" if wrong[index] else ""
+    facts = f"label <b>{html.escape(class_name(int(labels[index])))}</b>"
+    if predictions is not None:
+        flag = " · <b style='color:#d62728'>misclassified</b>" if wrong[index] else ""
+        facts += f" · predicted <b>{html.escape(class_name(int(predictions[index])))}</b>{flag}"
     return (f"<h4 style='margin:4px 0'>Image {html.escape(ids[index])}</h4>{big}"
-            f"<p>label <b>{html.escape(class_name(int(labels[index])))}</b> · predicted "
-            f"<b>{html.escape(class_name(int(predictions[index])))}</b>{flag}</p>"
+            f"<p>{facts}</p>"
             f"<p>{html.escape(heading)}:</p>{grid}")

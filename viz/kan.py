@@ -80,7 +80,8 @@ def curve_ranges(layer: EdgeLayer, inputs: Tensor | None = None) -> np.ndarray:
 def curve_table(layer: EdgeLayer, edges: Sequence[tuple[int, int]], points: int = 200,
                 inputs: Tensor | None = None, index: int = 0) -> pd.DataFrame:
     """One row per (edge, x): layer, i, j, variable, x, each part and the total, the raw values behind
-    every drawn curve (for CSV). ``inputs`` widens the range as the figures do."""
+    every drawn curve (for CSV). ``inputs`` widens the range as the figures do. A value the curve does
+    not take (a symbolic 1/x at 0, log of a negative) is NaN, an empty cell in a CSV, never "inf"."""
     return _curve_rows(layer, edges, points, inputs, index, [p.name for p in layer.parts])
 
 
@@ -91,7 +92,8 @@ def _curve_rows(layer: EdgeLayer, edges: Sequence[tuple[int, int]], points: int,
     x, values = _sample(layer, curve_ranges(layer, inputs), points, parts)
     columns: dict[str, Any] = {"layer": index, "i": np.repeat(ii, points), "j": np.repeat(jj, points),
                                "variable": axis_label(layer), "x": x[:, ii].T.ravel()}
-    columns.update({name: value[:, ii, jj].T.ravel() for name, value in values.items()})
+    columns.update({name: np.where(np.isfinite(v := value[:, ii, jj].T.ravel()), v, np.nan)
+                    for name, value in values.items()})
     return pd.DataFrame(columns)
 
 

@@ -1,5 +1,9 @@
 """The four residual-path figures: per-unit branch statistics, Veit's path trio, the order-k
-decomposition against its idealisations, and lesion curves."""
+decomposition against its idealisations, and lesion curves.
+
+A report's ``meta["mode"]`` says what the lesions and gradients were measured against: a classifier's
+accuracy and loss ("labels", also a report without the key), or, for a model with no classifier head,
+the cosine similarity to the intact output and the output's norm ("output"); axis labels say which."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ _MPL_TITLE = {"fontsize": {"title": 10, "labels": 9, "xticks": 8, "yticks": 8}}
 
 def residual_figures(report: ResidualReport) -> dict[str, hv.core.Dimensioned]:
     """The figures by name (``blocks``, ``paths``, ``orders``, ``lesions``), ready for page or file."""
-    return {"blocks": unit_statistics(report.units), "paths": path_trio(report.paths),
+    return {"blocks": unit_statistics(report.units), "paths": path_trio(report.paths, report.meta),
             "orders": order_decomposition(report.orders, report.meta),
             "lesions": lesion_curves(report.lesions, report.lesions_k, report.reorder, report.meta)}
 
@@ -46,6 +50,10 @@ def unit_statistics(units: pd.DataFrame) -> hv.Overlay:
     for column, label in series:
         data = pd.DataFrame({"unit": unit_names(ordered["unit"]), "value": ordered[column].to_numpy(),
                              "module": ordered["unit"].to_numpy()})
+        finite = np.isfinite(data["value"].to_numpy(float))   # a unit without a learned scale (NaN) or a
+        if not finite.any():                                   # ratio over only zero skips (inf): a gap, every
+            continue                                           # unit kept on the axis in depth order
+        data.loc[~finite, "value"] = np.nan
         curve = hv.Curve(data, "unit", ["value", "module"], label=label)
         points = hv.Scatter(data, "unit", ["value", "module"], label=label)
         layers += [styled(curve, {"color": COLORS[column]}),
@@ -57,17 +65,23 @@ def unit_statistics(units: pd.DataFrame) -> hv.Overlay:
         {**WIDE["matplotlib"], **_MPL_TITLE, "xrotation": 45})
 
 
-def path_trio(paths: pd.DataFrame) -> hv.Layout:
+def gradient_symbol(meta: dict | None) -> str:
+    """What the path gradients differentiate: a loss L (a classifier), or the output's norm |y|."""
+    return "d|y|/dx" if (meta or {}).get("mode") == "output" else "dL/dx"
+
+
+def path_trio(paths: pd.DataFrame, meta: dict | None = None) -> hv.Layout:
     """Veit et al.'s three plots: paths per length, gradient per path length, effective paths."""
     n = int(paths["k"].max())
+    d = gradient_symbol(meta)
     count = styled(hv.Bars(paths, "k", "count"), {
         "title": f"Paths by length (2^{n} in all)", "xlabel": "path length k", "ylabel": "paths C(n, k)",
         "color": COLORS["ratio"]}, {**PANEL["bokeh"], "tools": ["hover"]},
         {**PANEL["matplotlib"], **_MPL_TITLE})
     grad = _with_errors(paths, "grad_mean", "grad_sem", "Gradient per path length",
-                        "mean ||dL/dx|| (log)", COLORS["exact"])
+                        f"mean ||{d}|| (log)", COLORS["exact"])
     effective = _with_errors(paths, "effective", "effective_sem", "Effective paths (count x grad)",
-                             "total ||dL/dx|| (log)", COLORS["estimate"])
+                             f"total ||{d}|| (log)", COLORS["estimate"])
     return hv.Layout([count, grad, effective]).cols(3).opts(shared_axes=False, backend="bokeh")
 
 
@@ -126,13 +140,18 @@ _MPL_DASH = {"solid": "-", "dashed": "--", "dotted": ":", "dashdot": "-."}
 
 def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.DataFrame,
                   meta: dict) -> hv.Layout:
-    """Accuracy after removing one unit, k random units (mean +- sd), and after reordering blocks."""
-    base = float(meta.get("baseline_accuracy", np.nan))
+    """The score (accuracy, or for a model without a classifier the cosine similarity to the intact
+    output) after removing one unit, k random units (mean +- sd), and after reordering blocks."""
+    column = meta.get("score", "accuracy")
+    output = meta.get("mode") == "output"
+    base = float(meta.get("baseline", meta.get("baseline_accuracy", 1.0 if output else np.nan)))
     baseline = styled(hv.HLine(base), {"color": "#888888"}, {"line_dash": "dashed"}, {"linestyle": "--"})
-    axes = {"ylabel": "accuracy", "ylim": (0, 1.02)}
+    axes = {"ylabel": "cosine to the intact output" if output else "accuracy",
+            "ylim": (_score_floor(lesions[column], lesions_k["mean"] - lesions_k["sd"], reorder[column])
+                     if output else 0, 1.02)}
     small_b, small_m = PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE}
     lesions = lesions.assign(module=lesions["unit"], unit=unit_names(lesions["unit"]))
-    single = styled(hv.Bars(lesions, "unit", ["accuracy", "module"]), {
+    single = styled(hv.Bars(lesions, "unit", [column, "module"]), {
         "title": "One unit removed", "xlabel": "removed unit", "color": COLORS["ratio"], **axes},
         {**small_b, "tools": ["hover"], "xrotation": 45}, {**small_m, "xrotation": 45})
     k_data = lesions_k.assign(low=lesions_k["mean"] - lesions_k["sd"], high=lesions_k["mean"] + lesions_k["sd"])
@@ -142,9 +161,15 @@ def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.Da
                       {"color": COLORS["estimate"]}, {"facecolor": COLORS["estimate"]})
     k_plot = styled(hv.Overlay([k_spread, k_curve, baseline]), {
         "title": "k random units removed", "xlabel": "units removed k", **axes}, small_b, small_m)
-    r_points = styled(hv.Scatter(reorder, "tau", ["accuracy", "swaps"]), {"color": COLORS["exact"]},
+    r_points = styled(hv.Scatter(reorder, "tau", [column, "swaps"]), {"color": COLORS["exact"]},
                       {"size": 8, "tools": ["hover"]}, {"s": 25})
     r_plot = styled(hv.Overlay([r_points, baseline]), {
         "title": "Interchangeable blocks reordered", "xlabel": "Kendall tau to the original order",
         "xlim": (min(-0.05, float(reorder["tau"].min()) - 0.05), 1.05), **axes}, small_b, small_m)
     return hv.Layout([styled(hv.Overlay([single, baseline]), {}, small_b, small_m), k_plot, r_plot]).cols(3)
+
+
+def _score_floor(*values: pd.Series) -> float:
+    """The lower end of a cosine axis: 0, or below the lowest finite value shown (cosines reach -1)."""
+    finite = [float(v) for series in values for v in np.asarray(series, float) if np.isfinite(v)]
+    return min([0.0] + [max(-1.02, v - 0.05) for v in finite])

@@ -123,25 +123,27 @@ def color_scale(values: np.ndarray, kind: ColorKind, vmin: float | None = None,
                 vmax: float | None = None) -> list[str]:
     """CSS hex colour per value: accuracy and share on [0, 1], activation on [vmin, vmax].
 
-    Activation bounds default to the values' own range; a constant array maps to the middle of
-    viridis. NaN is neutral grey so "no data" never reads as a bad score.
+    Activation bounds default to the values' own finite range (a bound that is None or not finite
+    falls back to it); a constant array maps to the middle of viridis. NaN and infinite values are
+    neutral grey, so "no data" (or no number) never reads as a score.
     """
     if kind not in _COLORMAPS:
         raise ValueError(f"unknown colour kind {kind!r}; use one of {sorted(_COLORMAPS)}")
     values = np.asarray(values, dtype=float).ravel()
-    finite = values[np.isfinite(values)]
+    ok = np.isfinite(values)
+    finite = values[ok]
     if kind == "activation":
-        lo = float(vmin) if vmin is not None else (float(finite.min()) if finite.size else 0.0)
-        hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+        given = lambda bound: bound is not None and bool(np.isfinite(bound))  # noqa: E731
+        lo = float(vmin) if given(vmin) else (float(finite.min()) if finite.size else 0.0)
+        hi = float(vmax) if given(vmax) else (float(finite.max()) if finite.size else 1.0)
     else:
         lo, hi = 0.0, 1.0
+    t = np.full_like(values, 0.5)
     if hi > lo:
-        t = np.clip((values - lo) / (hi - lo), 0.0, 1.0)
-    else:
-        t = np.full_like(values, 0.5)
+        t[ok] = np.clip((values[ok] - lo) / (hi - lo), 0.0, 1.0)
     name, start, stop = _COLORMAPS[kind]
     colors = _hex(colormaps[name](start + t * (stop - start)))
-    return [NAN_COLOR if np.isnan(v) else c for v, c in zip(values, colors)]
+    return [c if good else NAN_COLOR for good, c in zip(ok, colors)]
 
 
 def legend_html(kind: ColorKind, vmin: float | None = None, vmax: float | None = None,

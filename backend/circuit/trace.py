@@ -25,7 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from netatlas.backend.circuit.graph import Circuit, Edge, Op
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, first_line, model_failed
 from netatlas.backend.fx_threads import confine_fx_patches
 
 ATOMIC: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
@@ -67,7 +67,7 @@ def trace_circuit(model: nn.Module, example: Any) -> Circuit:
             raise
         except Exception as exc:
             if device == "cpu":
-                raise NetatlasError(f"the model fails on a {_describe(example)} input: {_first_line(exc)}") from exc
+                raise model_failed(exc, f"{_describe(example)} of zeros", model) from exc
             notes.append(f"shapes from a CPU forward: the meta device failed ({_first_line(exc)})")
     for name, how in recorder.read_by.items():
         what = f"{name} ({type(clone.get_submodule(name)).__name__}) has Python control flow that torch.fx " \
@@ -415,11 +415,19 @@ def _meta_clone(model: nn.Module) -> nn.Module:
         memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=True)
     for b in model.buffers():
         memo[id(b)] = torch.empty_like(b, device="meta")
-    return copy.deepcopy(model, memo).eval()
+    try:
+        return copy.deepcopy(model, memo).eval()
+    except Exception as exc:  # the user's module holds something that cannot be copied (a lock, a file, a socket)
+        raise NetatlasError(f"{type(model).__name__} cannot be copied to draw it ({first_line(exc)}): the diagram "
+                            "traces a copy with empty weights; move what cannot be copied out of the model") from exc
 
 
 def _describe(example: Any) -> str:
-    return ", ".join(f"{k or 'x'} {'x'.join(map(str, t.shape))}" for k, t in _named_tensors(example, ""))
+    """``a 1x3x224x224 batch`` (a tensor) or ``pixels 1x3x224x224`` (inside a dict): what the forward was given."""
+    named = [(k, "x".join(map(str, t.shape))) for k, t in _named_tensors(example, "")]
+    if len(named) == 1 and not named[0][0]:
+        return f"a {named[0][1]} batch"
+    return ", ".join(f"{k or 'x'} {shape}" for k, shape in named) or "its example input"
 
 
 def _to(value: Any, device: Any) -> Any:

@@ -78,7 +78,7 @@ class ClusterTree:
 
     @cached_property
     def accuracy(self) -> np.ndarray:
-        """Fraction of a node's labeled images predicted right (NaN without labels)."""
+        """Fraction of a node's labeled images predicted right (NaN without labels or predictions)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.labeled > 0, self.correct / np.maximum(self.labeled, 1), np.nan)
 
@@ -221,10 +221,11 @@ def tree_from_linkage(z: np.ndarray, medoid: np.ndarray, labels: np.ndarray | No
     parent[right[n:]] = np.arange(n, 2 * n - 1)
     order = _leaf_order(start, n)
     labels = np.full(n, -1) if labels is None else np.asarray(labels)
-    predictions = np.full(n, -1) if predictions is None else np.asarray(predictions)
     labeled = labels >= 0
+    scored = labeled if predictions is not None else np.zeros(n, dtype=bool)  # no predictions: no accuracy
+    predictions = np.full(n, -1) if predictions is None else np.asarray(predictions)
     classes = n_classes if n_classes is not None else int(labels.max()) + 1 if labeled.any() else 0
-    hits = _range_sums(np.column_stack([labeled, labeled & (predictions == labels)])[order], start, count)
+    hits = _range_sums(np.column_stack([scored, scored & (predictions == labels)])[order], start, count)
     if (2 * n - 1) * classes > MAX_CLASS_COUNTS:
         classes = 0                              # too many to store; ClusterTree.classes_of counts a range
     per_class = np.zeros((2 * n - 1, classes), dtype=np.int32)

@@ -16,6 +16,7 @@ from netatlas.backend.kan.symbolic import FormulaFit, suggest_formulas
 
 MAX_SAMPLE = 4096
 UNIFORM_SAMPLE = 1024
+MIN_SAMPLE = 2            # an edge's importance is a standard deviation over the sample
 
 
 @dataclass
@@ -40,9 +41,14 @@ def analyze(network: KANNetwork, sample: Tensor | None = None, seed: int = 0) ->
     """Propagate a sample (the given one, the checkpoint's, or a uniform one) and score every edge.
 
     Without any sample the network's first-layer domain is sampled uniformly, and later layers see
-    what that produces: the curves are still exact, only the data behind them is synthetic.
+    what that produces: the curves are still exact, only the data behind them is synthetic. So does a
+    sample of one input, whose spread (and so every edge's importance) would be undefined.
     """
     sample = sample if sample is not None else network.sample
+    few = ""
+    if sample is not None and len(sample) < MIN_SAMPLE:
+        # importance is a standard deviation over the sample: one row has none (torch says NaN)
+        few, sample = (f"the sample has {len(sample)} input, too few to measure a spread: ", None)
     if sample is not None:
         note = f"sample: {len(sample):,} inputs from the checkpoint or the file given"
         if len(sample) > MAX_SAMPLE:
@@ -52,7 +58,8 @@ def analyze(network: KANNetwork, sample: Tensor | None = None, seed: int = 0) ->
         domain = network.layers[0].domain().double()
         u = torch.rand(UNIFORM_SAMPLE, len(domain), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         sample = domain[:, 0] + u * (domain[:, 1] - domain[:, 0])
-        note = f"no sample given: {UNIFORM_SAMPLE:,} inputs drawn uniformly over the first layer's grid"
+        note = (f"{few or 'no sample given: '}{UNIFORM_SAMPLE:,} inputs drawn uniformly over the first "
+                f"layer's grid{' instead' if few else ''}")
     sample = sample if sample.is_floating_point() else sample.float()
     inputs = network.layer_inputs(sample)
     for layer, x in zip(network.layers, inputs):

@@ -8,6 +8,7 @@ files go through the same safe loaders as every checkpoint (``netatlas.backend.c
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,12 @@ from netatlas.backend.checkpoint import KEY_PREFIXES, find_state_dict, read_pick
 from netatlas.backend.kan.base import KANNetwork
 from netatlas.backend.kan.families import detect, read_network
 from netatlas.backend.kan.families.pykan import MULT_NODES
-from netatlas.backend.errors import NetatlasError
+from netatlas.backend.errors import NetatlasError, first_line
 
 PYKAN_SUFFIXES = ("_state", "_config.yml", "_cache_data")
 STATE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+SAMPLE_HINT = ("give one batch [N, inputs] of numbers: a tensor saved with torch.save (.pt), an array "
+               "(.npy, or .npz under 'x'), or comma-separated numbers (.csv)")
 PEEK_FULL_LOAD_BYTES = 32 << 20   # legacy (non-zip) torch files cannot be memory-mapped; load small ones
 
 
@@ -48,6 +51,9 @@ def find_kan_files(path: str | Path) -> KANFiles:
         return KANFiles(path)
     if path.with_name(path.name + "_state").is_file():
         return _pykan_files(path)
+    if path.is_dir():
+        raise NetatlasError(f"{path} is a folder: give a KAN file, pykan's <name>_state (beside its _config.yml and "
+                            "_cache_data) or a state_dict/.safetensors file")
     raise NetatlasError(f"KAN checkpoint not found: {path} (neither that file nor pykan's {path.name}_state)")
 
 
@@ -70,7 +76,11 @@ def read_kan(path: str | Path, family: str | None = None, options: dict[str, Any
     files = find_kan_files(path)
     state = read_state(files.state, trust_pickle)
     config = read_pykan_config(files.config) if files.config else {}
-    family = family or detect(state).name
+    if family is None:
+        try:
+            family = detect(state).name
+        except NetatlasError as exc:   # name the file: the sample and the config are files too
+            raise NetatlasError(f"{files.state.name}: {exc}") from None
     if config and family == "pykan":
         options = {**pykan_options(config), **(options or {})}
     network = read_network(state, family, options)
@@ -137,7 +147,11 @@ def read_pykan_config(path: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise NetatlasError(f"cannot read the pykan config {path.name}: {exc}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = (f"YAML: {exc.problem} at line {mark.line + 1}" if mark is not None and getattr(exc, "problem", None)
+                 else first_line(exc))
+        raise NetatlasError(f"cannot read the pykan config {path.name} ({where}): it is damaged; "
+                            "save the model again with saveckpt, or leave the config out and give --option") from exc
     if not isinstance(config, dict):
         raise NetatlasError(f"the pykan config {path.name} is not a YAML mapping; it is damaged")
     return config
@@ -209,9 +223,12 @@ def read_sample(path: str | Path) -> Tensor:
         if suffix in (".npy", ".npz"):
             raise NetatlasError(f"cannot read the sample {path.name}: it is not a NumPy file of numbers (corrupt, or "
                                 "it holds Python objects, which netatlas does not unpickle)") from exc
-        raise NetatlasError(f"cannot read the sample {path.name} ({exc})") from exc
+        raise NetatlasError(f"cannot read the sample {path.name} ({first_line(exc)}): {SAMPLE_HINT}") from exc
+    except pickle.UnpicklingError as exc:   # torch's safe unpickler: its message suggests weights_only=False
+        raise NetatlasError(f"cannot read the sample {path.name}: it is not a torch.save file of tensors (corrupt, "
+                            f"or it holds Python objects, which netatlas does not unpickle); {SAMPLE_HINT}") from exc
     except Exception as exc:  # corrupt or foreign bytes fail in many ways
-        raise NetatlasError(f"cannot read the sample {path.name} ({type(exc).__name__}: {exc})") from exc
+        raise NetatlasError(f"cannot read the sample {path.name} ({first_line(exc)}): {SAMPLE_HINT}") from exc
 
 
 def _find_sample_tensor(obj: Any, path: Path) -> Tensor:

@@ -9,13 +9,18 @@ Every measurement runs the real model with its residual adds gated (see residual
 - lesions: accuracy with one unit's branch removed, with k random ones removed, and after
   reordering interchangeable blocks, against Kendall's tau.
 
+A model without a classifier head (a backbone: its output is features, not class scores) has no
+predictions, so nothing here is an accuracy for it: ``analyze_paths(targets="output")`` scores each
+lesion and reorder by the cosine similarity of every image's output to the intact model's (1 for the
+intact model) and differentiates the output's norm ||y|| instead of a class loss (see ``Measure``).
+
 Most of these are many passes over the same images that differ from some unit on. A probe pass on
 one image (``Plan``) lists the module calls that end before each unit (or its add) starts, and
 which of their outputs later ops read; during a stage a memo (``PassMemo``) keeps those outputs and
 every unit's branch (which the gate computes lazily, and not at all when switched off) and hands
 them to any later pass that reaches the same call after the same residual adds. Masks run in
 lexicographic order of their scales, several stacked along the batch dimension, so masks sharing a
-prefix compute it once; the lesions take their first images' predictions from the decomposition.
+prefix compute it once; the lesions take their first images' scores from the decomposition.
 The path-gradient routes share one forward pass (the gate reads routes during backward) and pass
 gradients block to block, so routes agreeing on the later blocks share that part of the backward
 pass. All of it is checked against plain passes on two images first, falling back to them where
@@ -31,7 +36,7 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import pandas as pd
@@ -44,6 +49,7 @@ from netatlas.backend.residual.reuse import STACKED_ROWS, Plan, tensors
 from netatlas.backend.errors import NetatlasError
 
 Progress = Callable[[int, int], None]
+Targets = Literal["labels", "output"]
 EXACT_MAX_UNITS = 14
 _SCALE_NAME = re.compile(r"(alpha|gamma|layer_?scale|ls\d|skip_?init|rezero|branch_?scale)", re.I)
 
@@ -61,9 +67,72 @@ class PathSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Measure:
+    """What lesions, reorders and path gradients are measured against.
+
+    ``labels``: a classifier's logits; a lesioned model scores its accuracy on the target classes and
+    the path gradients differentiate the cross-entropy of those classes. ``output``: a model with no
+    classifier head; a lesioned model scores, per image, the cosine similarity of its output to the
+    intact model's output (1 = the same direction; see ``output_cosine``), and the path gradients
+    differentiate each image's output norm ||y|| (the gradient along the output's own direction).
+    """
+
+    mode: Targets = "labels"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("labels", "output"):
+            raise NetatlasError(f"targets must be 'labels' (a classifier's logits) or 'output' (a model "
+                                f"without a classifier head), not {self.mode!r}")
+
+    @property
+    def column(self) -> str:
+        """The lesion and reorder tables' score column."""
+        return "accuracy" if self.mode == "labels" else "cosine"
+
+    @property
+    def label(self) -> str:
+        """The score in words (axis labels, the tab's header)."""
+        return "accuracy" if self.mode == "labels" else "cosine similarity to the intact output"
+
+    @property
+    def gradient_of(self) -> str:
+        return ("the cross-entropy loss of the target classes" if self.mode == "labels" else
+                "the norm of each image's output, ||y|| (the model has no classifier, so no loss)")
+
+    def loss(self, out: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+        """The scalar whose input gradient the path plots take: summed over images, each image's own."""
+        if self.mode == "labels":
+            return nn.functional.cross_entropy(out, classes, reduction="sum")
+        return torch.linalg.vector_norm(out, dim=1).sum()   # gradient 0 at a zero output (torch's subgradient)
+
+    def per_image(self, out: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        """Each image's score: 1/0 right or wrong against ``reference`` classes, or the cosine of its
+        output to the ``reference`` (intact) output."""
+        if self.mode == "labels":
+            return (out.argmax(1) == reference).float()
+        return output_cosine(out, reference)
+
+
+def output_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row of ``a`` to the same row of ``b``, defined everywhere: 1 where
+    both rows are zero (the same output), 0 where just one is, clamped to [-1, 1]."""
+    a, b = a.flatten(1), b.flatten(1).to(a.dtype)
+    tiny = torch.finfo(a.dtype).tiny
+    na, nb = a.norm(dim=1, keepdim=True), b.norm(dim=1, keepdim=True)
+    cos = ((a / na.clamp_min(tiny)) * (b / nb.clamp_min(tiny))).sum(1).clamp(-1.0, 1.0)
+    both_zero = (na == 0).squeeze(1) & (nb == 0).squeeze(1)
+    return torch.where(both_zero, torch.ones_like(cos), cos)
+
+
 @dataclass
 class ResidualReport:
-    """Tables behind the four plots; ``meta`` holds scalars (baseline accuracy, checks)."""
+    """Tables behind the four plots; ``meta`` holds scalars (the mode, baseline score, checks).
+
+    ``meta["mode"]`` is "labels" (a classifier: accuracies, ``meta["baseline_accuracy"]``) or "output"
+    (no classifier: ``meta["score"]`` names the lesion/reorder column, ``meta["score_label"]`` says it
+    in words); a report cached before the mode existed has none and is a classifier's.
+    """
 
     units: pd.DataFrame
     paths: pd.DataFrame
@@ -91,14 +160,18 @@ class ResidualReport:
         return json.dumps(self.meta)
 
 
-def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, labels: torch.Tensor,
+def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, labels: torch.Tensor | None,
                   settings: PathSettings = PathSettings(), progress: Progress | None = None, *,
-                  reuse: bool = True) -> ResidualReport:
-    """All residual-path measurements of ``model`` on images ``x`` (labels -1 = use predictions).
+                  reuse: bool = True, targets: Targets = "labels") -> ResidualReport:
+    """All residual-path measurements of ``model`` on images ``x``.
 
-    ``reuse=False`` runs every pass in full (no shared prefixes, forwards or backwards): the
-    reference the reusing passes are tested against.
+    ``targets="labels"`` (a classifier): lesions score accuracy against ``labels`` (-1 = use the
+    model's predictions) and gradients are of the cross-entropy. ``targets="output"`` (no classifier
+    head, so no predictions; ``labels`` are ignored): everything is measured against the model's output
+    itself, as ``Measure`` says. ``reuse=False`` runs every pass in full (no shared prefixes, forwards
+    or backwards): the reference the reusing passes are tested against.
     """
+    measure = Measure(targets)
     n = len(units)
     if n == 0:
         raise NetatlasError("no residual units to analyse: choose at least one (a model without "
@@ -118,38 +191,56 @@ def analyze_paths(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, 
         with gated(model, units) as gate:
             with torch.no_grad(), timed("baseline"):
                 plan = Plan.build(model, gate, units, x) if reuse else None
-                plan = plan and _checked(plan, model, gate, x[:2])
+                plan = plan and _checked(plan, model, gate, x[:2], measure)
                 base_logits, records, inputs = _first_pass(model, units, gate, x, plan)
-            targets = torch.where(labels.to(device) >= 0, labels.to(device), base_logits.argmax(1))
+            if measure.mode == "labels":
+                known = labels.to(device) if labels is not None else torch.full((len(x),), -1, device=device)
+                classes = torch.where(known >= 0, known, base_logits.argmax(1))
+                reference = classes
+            else:
+                classes, reference = None, base_logits          # the intact output each image is scored against
             with timed("unit_stats"), steps.stage(2):
                 unit_table = _unit_stats(model, units, gate, x, records)
                 unit_table["gain"] = _jacobian_gains(model, units, gate, inputs, x, rng, records)
             with timed("path_gradients"), steps.stage(_gradient_passes(n, settings.samples)):
-                paths = _path_gradients(model, gate, x[:settings.gradient_images],
-                                        targets[:settings.gradient_images], settings.samples, rng, steps, plan)
+                grad_classes = None if classes is None else classes[:settings.gradient_images]
+                paths = _path_gradients(model, gate, x[:settings.gradient_images], grad_classes,
+                                        settings.samples, rng, steps, plan, measure)
             decomposed: dict[tuple, torch.Tensor] | None = {} if plan is not None else None
+
+            def score(h: torch.Tensor) -> torch.Tensor:   # one mask's outputs on the first images
+                return measure.per_image(h.to(base_logits.dtype), reference[:len(h)])
             with timed("order_decomposition"), steps.stage(2 ** n if exact else 0):
                 orders, check = _order_decomposition(model, gate, x[:settings.decomposition_images],
                                                      unit_table["gain"].to_numpy(), exact, steps, plan,
-                                                     decomposed)
-            baseline = float((base_logits.argmax(1) == targets).float().mean())
+                                                     decomposed, score)
+            # the intact model's score: its accuracy, or 1 (its output is the reference itself)
+            baseline = float(measure.per_image(base_logits, reference).mean()) if measure.mode == "labels" else 1.0
             with timed("lesions"), steps.stage(n + n * settings.lesion_draws):
-                lesions, lesions_k = _lesions(model, units, gate, x, targets, settings.lesion_draws, rng, steps,
-                                              plan, decomposed)
+                lesions, lesions_k = _lesions(model, units, gate, x, measure, reference, settings.lesion_draws,
+                                              rng, steps, plan, decomposed)
             if plan is not None:   # gated (all ones), so the memo sees the blocks' adds
                 with timed("reorder"), steps.stage(settings.reorder_trials):
-                    reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps,
+                    reorder = _reorder(model, units, x, measure, reference, settings.reorder_trials, rng, steps,
                                        plan, gate, baseline)
         if plan is None:
             with timed("reorder"), steps.stage(settings.reorder_trials):
-                reorder = _reorder(model, units, x, targets, settings.reorder_trials, rng, steps)
+                reorder = _reorder(model, units, x, measure, reference, settings.reorder_trials, rng, steps,
+                                   baseline=baseline if measure.mode == "output" else None)
     finally:
         for p, flag in zip(model.parameters(), requires_grad):
             p.requires_grad_(flag)
-    meta = {"n_units": n, "images": int(len(x)), "baseline_accuracy": baseline, "exact": exact,
-            "decomposition_rel_error": check, "targets": "labels" if bool((labels >= 0).all()) else
-            "labels where known, else the model's predictions", "seconds": timed.seconds,
-            "device": str(device)}
+    meta = {"n_units": n, "images": int(len(x)), "mode": measure.mode, "score": measure.column,
+            "score_label": measure.label, "baseline": baseline, "gradient_of": measure.gradient_of,
+            "exact": exact, "decomposition_rel_error": check, "seconds": timed.seconds, "device": str(device)}
+    if measure.mode == "labels":
+        meta["baseline_accuracy"] = baseline
+        meta["targets"] = ("labels" if labels is not None and bool((labels >= 0).all()) else
+                           "labels where known, else the model's predictions")
+    else:
+        meta["targets"] = ("the model's output (no classifier head): lesions and reorders are scored by the "
+                           "cosine similarity of each image's output to the intact model's output (1 = "
+                           "unchanged), path gradients are of the output's norm ||y||")
     return ResidualReport(unit_table, paths, orders, lesions, lesions_k, reorder, meta)
 
 
@@ -234,12 +325,21 @@ def _unit_stats(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate,
         r = records.get(i)
         if r is None:
             raise NetatlasError(f"residual unit {unit.label} did not run in the forward pass")
-        ratio = (r["branch_norm"] / r["skip_norm"].clamp_min(1e-12)).mean().item()
+        ratio = _branch_ratio(r["branch_norm"], r["skip_norm"])
         rows.append({"unit": unit.label, "key": unit.key, "kind": unit.kind, "depth": i,
                      "ratio": ratio, "cos": r["cos"].mean().item(),
                      "branch_norm": r["branch_norm"].mean().item(), "skip_norm": r["skip_norm"].mean().item(),
                      "scale": _learned_scale(modules[unit.module])})
     return pd.DataFrame(rows)
+
+
+def _branch_ratio(branch: torch.Tensor, skip: torch.Tensor) -> float:
+    """Mean over images of ||f(x)|| / ||x||, over the images whose skip is not zero (there the ratio has
+    no value); where every skip is zero: 0 if every branch is too (nothing added to nothing), else inf."""
+    seen = skip > 0
+    if bool(seen.any()):
+        return (branch[seen] / skip[seen]).mean().item()
+    return 0.0 if not bool((branch > 0).any()) else math.inf
 
 
 def _learned_scale(module: nn.Module) -> float:
@@ -291,10 +391,11 @@ def _gradient_passes(n: int, samples: int) -> int:
     return sum(min(math.comb(n, k), samples) for k in range(n + 1))
 
 
-def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
+def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, classes: torch.Tensor | None,
                     samples: int, rng: np.random.Generator, steps: _Steps,
-                    plan: "Plan | None" = None) -> pd.DataFrame:
-    """Mean input-gradient norm of the per-image loss along paths of each length k (Veit et al.).
+                    plan: "Plan | None" = None, measure: Measure = Measure()) -> pd.DataFrame:
+    """Mean input-gradient norm of the per-image loss (``measure.loss``: the cross-entropy of
+    ``classes``, or the output's norm) along paths of each length k (Veit et al.).
 
     For each sampled set S of k units, gradients flow only through the branches in S and only
     through the skips elsewhere; the forward pass is the unchanged network. When C(n, k) <= samples
@@ -307,7 +408,7 @@ def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targe
         return tuple("branch" if l in subset else "skip" for l in range(n))
 
     distinct = list(dict.fromkeys(route(s) for subsets in drawn for s in subsets))
-    norm_of = dict(zip(distinct, _route_norms(model, gate, x, targets, distinct, plan, steps)))
+    norm_of = dict(zip(distinct, _route_norms(model, gate, x, classes, distinct, plan, steps, measure)))
     rows = []
     for k, subsets in enumerate(drawn):
         norms_arr = np.asarray([norm_of[route(s)] for s in subsets])
@@ -321,8 +422,9 @@ def _path_gradients(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targe
     return pd.DataFrame(rows)
 
 
-def _route_norms(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
-                 routes: list[tuple[str, ...]], plan: "Plan | None", steps: _Steps) -> list[float]:
+def _route_norms(model: nn.Module, gate: ResidualGate, x: torch.Tensor, classes: torch.Tensor | None,
+                 routes: list[tuple[str, ...]], plan: "Plan | None", steps: _Steps,
+                 measure: Measure = Measure()) -> list[float]:
     """Mean over images of ||d loss_i / d x_i|| for each route (a per-unit "branch" or "skip").
 
     Without a plan every route has its own forward and backward pass. With one, a single forward
@@ -337,24 +439,25 @@ def _route_norms(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets:
             gate.route = list(route)
             xg = x.detach().clone().requires_grad_(True)
             with torch.enable_grad():
-                loss = nn.functional.cross_entropy(_logits(model, xg), targets, reduction="sum")
+                loss = measure.loss(_logits(model, xg), classes)
                 (grad,) = torch.autograd.grad(loss, xg)
             norms.append(_mean_norm(grad))
             steps()
         gate.reset()
         return norms
-    loss, xg, inputs = _shared_forward(model, gate, x, targets, plan.blocks)
+    loss, xg, inputs = _shared_forward(model, gate, x, classes, plan.blocks, measure)
     backward = _ChainBackward(loss, xg, inputs, plan.block_units) if plan.chain else _whole_backward(loss, xg)
     return _routed_norms(gate, backward, routes, plan.order, steps)
 
 
-def _shared_forward(model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
-                    blocks: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _shared_forward(model: nn.Module, gate: ResidualGate, x: torch.Tensor, classes: torch.Tensor | None,
+                    blocks: list[str], measure: Measure = Measure()
+                    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """One forward pass kept for many backward passes: summed loss, the input, the blocks' inputs."""
     gate.reset()
     xg = x.detach().clone().requires_grad_(True)
     with torch.enable_grad(), _block_inputs(model, blocks) as inputs:
-        loss = nn.functional.cross_entropy(_logits(model, xg), targets, reduction="sum")
+        loss = measure.loss(_logits(model, xg), classes)
     return loss, xg, [inputs.get(b) for b in blocks]
 
 
@@ -475,11 +578,12 @@ def elementary_symmetric(g: np.ndarray) -> np.ndarray:
 
 def _order_decomposition(model: nn.Module, gate: ResidualGate, x: torch.Tensor, gains: np.ndarray,
                          exact: bool, steps: _Steps, plan: "Plan | None" = None,
-                         predictions: dict | None = None) -> tuple[pd.DataFrame, float | None]:
+                         known: dict | None = None, score: Callable[[torch.Tensor], torch.Tensor] | None = None
+                         ) -> tuple[pd.DataFrame, float | None]:
     """Weight of each order k: exact sum of ||Delta_S|| over |S| = k, and the gain estimate.
 
-    ``predictions``, if given, receives each mask's (tuple of scales) predicted classes on ``x``:
-    the lesions need them for the same images.
+    ``known``, if given, receives ``score(outputs)`` of each mask (tuple of scales) on ``x``, the
+    per-image scores the lesions need for the same images.
     """
     n = gate.n
     ks = np.arange(n + 1)
@@ -487,9 +591,9 @@ def _order_decomposition(model: nn.Module, gate: ResidualGate, x: torch.Tensor, 
     check = None
     if exact:
         masks = mask_bits(n).to(gate.mask.device)
-        h = torch.stack(_masked_outputs(model, gate, x, masks, plan, steps, lambda out: out.double()))  # 2^n,B,K
-        if predictions is not None:
-            predictions.update(zip(map(tuple, masks.tolist()), h.argmax(2)))
+        h = torch.stack(_masked_outputs(model, gate, x, masks, plan, steps, lambda out, _: out.double()))  # 2^n,B,K
+        if known is not None and score is not None:
+            known.update((mask, score(h_m)) for mask, h_m in zip(map(tuple, masks.tolist()), h))
         terms = moebius_terms(h, n)
         total = terms.sum(0)
         check = float((total - h[-1]).norm() / h[-1].norm().clamp_min(1e-30))
@@ -500,15 +604,18 @@ def _order_decomposition(model: nn.Module, gate: ResidualGate, x: torch.Tensor, 
     table["estimate"] = elementary_symmetric(gains)
     for name, lam in (("ideal_1", 1.0), ("ideal_inv_sqrt_n", 1 / math.sqrt(n)), ("ideal_inv_n", 1 / n)):
         table[name] = [math.comb(n, int(k)) * lam ** int(k) for k in ks]
-    for column in table.columns[1:]:
-        table[f"{column}_share"] = table[column] / table[column].sum()
+    for column in table.columns[1:]:   # a column of zeros (an output that is zero under every mask) has no
+        total = table[column].sum()        # shares to give: 0, which the log plots leave out and say so
+        table[f"{column}_share"] = table[column] / total if total > 0 else 0.0
     return table, check
 
 
 def _masked_outputs(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks: torch.Tensor,
-                    plan: "Plan | None", steps: _Steps, reduce: Callable[[torch.Tensor], torch.Tensor]
-                    ) -> list[torch.Tensor]:
-    """``reduce(logits)`` on ``x`` with each row of ``masks`` as the gate's branch scales, in row order.
+                    plan: "Plan | None", steps: _Steps,
+                    reduce: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                    aligned: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """``reduce(logits, rows)`` on ``x`` with each row of ``masks`` as the gate's branch scales, in row
+    order; ``rows`` are the rows of ``aligned`` (one per image of ``x``) for the images in the pass.
 
     With a plan several masks share a pass, stacked along the batch dimension (``gate.rows``), and
     the passes run in the order ``_mask_passes`` gives, so that passes agreeing on the first units
@@ -520,22 +627,25 @@ def _masked_outputs(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks
         with torch.no_grad():
             for m in masks:
                 gate.mask.copy_(m)
-                outputs.append(reduce(_logits(model, x)))
+                outputs.append(reduce(_logits(model, x), aligned))
                 steps()
         gate.reset()
         return outputs
     stacked = _stack_size(len(masks), len(x), plan.rows)
     passes = _mask_passes(masks.tolist(), plan.order, stacked)
     parts: list[list[torch.Tensor]] = [[] for _ in masks]
-    chunks = x.split(max(1, plan.chunk // stacked))
+    size = max(1, plan.chunk // stacked)
+    chunks = x.split(size)
+    references = aligned.split(size) if aligned is not None else [None] * len(chunks)
     try:
-        for chunk in chunks:
+        for chunk, reference in zip(chunks, references):
             tiled = chunk.repeat(stacked, *[1] * (chunk.ndim - 1))
+            tiled_reference = None if reference is None else reference.repeat(stacked, *[1] * (reference.ndim - 1))
             with torch.no_grad(), plan.memo(model, gate) as memo:
                 for rows in passes:
                     gate.rows = masks[rows].T.contiguous()
                     memo.start()
-                    out = reduce(_logits(model, tiled)).split(len(chunk))
+                    out = reduce(_logits(model, tiled), tiled_reference).split(len(chunk))
                     for row, i in enumerate(rows[:len(set(rows))]):   # not the padding
                         parts[i].append(out[row])
                     steps(len(set(rows)) / len(chunks))
@@ -568,20 +678,21 @@ def _mask_passes(scales: list[list[float]], order: list[int], stacked: int) -> l
     return passes
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> float:
+def _score(model: nn.Module, x: torch.Tensor, measure: Measure, reference: torch.Tensor) -> float:
     with torch.no_grad():
-        return float((_logits(model, x).argmax(1) == targets).float().mean())
+        return float(measure.per_image(_logits(model, x), reference).mean())
 
 
 def _lesions(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x: torch.Tensor,
-             targets: torch.Tensor, draws: int, rng: np.random.Generator, steps: _Steps,
+             measure: Measure, reference: torch.Tensor, draws: int, rng: np.random.Generator, steps: _Steps,
              plan: "Plan | None" = None, known: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Accuracy with each unit's branch removed (skip kept), then with k random units removed.
+    """The score (``measure``: accuracy against ``reference`` classes, or cosine to the ``reference``
+    outputs) with each unit's branch removed (skip kept), then with k random units removed.
 
     Where C(n, k) <= ``draws`` every k-subset is measured once instead of sampled (k = 1 reuses the
     single lesions), so the mean and sd are exact there and no forward pass is repeated. All sets
     are drawn first, so the passes can run in the order that shares the most. ``known`` holds the
-    predictions on the first images under every mask (the decomposition's), which are not rerun.
+    per-image scores on the first images under every mask (the decomposition's), which are not rerun.
     """
     n = gate.n
     drawn = [_subsets(n, k, draws, rng) for k in range(1, n + 1)]
@@ -589,25 +700,26 @@ def _lesions(model: nn.Module, units: list[ResidualUnit], gate: ResidualGate, x:
     masks = torch.ones(len(sets), n, device=gate.mask.device)
     for row, removed in enumerate(sets):
         masks[row, sorted(removed)] = 0
-    predictions = _predictions(model, gate, x, masks, plan, steps, known or {})
-    accuracy = {removed: float((p == targets).float().mean()) for removed, p in zip(sets, predictions)}
-    single = [{"unit": unit.label, "depth": l, "accuracy": accuracy[frozenset([l])]}
+    per_image = _per_image_scores(model, gate, x, masks, plan, steps, known or {}, measure, reference)
+    score = {removed: float(p.mean()) for removed, p in zip(sets, per_image)}
+    single = [{"unit": unit.label, "depth": l, measure.column: score[frozenset([l])]}
               for l, unit in enumerate(units)]
     rows = []
     for k, subsets in enumerate(drawn, start=1):
-        accs = [accuracy[subset] for subset in subsets]
+        accs = [score[subset] for subset in subsets]
         rows.append({"k": k, "mean": float(np.mean(accs)), "sd": float(np.std(accs)), "draws": len(subsets)})
     return pd.DataFrame(single), pd.DataFrame(rows)
 
 
-def _predictions(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks: torch.Tensor,
-                 plan: "Plan | None", steps: _Steps, known: dict[tuple, torch.Tensor]) -> list[torch.Tensor]:
-    """Predicted classes under each mask: ``known`` ones for the first images, passes for the rest."""
+def _per_image_scores(model: nn.Module, gate: ResidualGate, x: torch.Tensor, masks: torch.Tensor,
+                      plan: "Plan | None", steps: _Steps, known: dict[tuple, torch.Tensor], measure: Measure,
+                      reference: torch.Tensor) -> list[torch.Tensor]:
+    """Each image's score under each mask: ``known`` ones for the first images, passes for the rest."""
     first = [known.get(tuple(m)) for m in masks.tolist()]
     done = min((len(p) for p in first), default=0) if all(p is not None for p in first) else 0
     if done >= len(x):
         return [p[:len(x)] for p in first]
-    rest = _masked_outputs(model, gate, x[done:], masks, plan, steps, lambda out: out.argmax(1))
+    rest = _masked_outputs(model, gate, x[done:], masks, plan, steps, measure.per_image, reference[done:])
     return [torch.cat([p[:done], r]) if done else r for p, r in zip(first, rest)]
 
 
@@ -620,15 +732,18 @@ def kendall_tau(order: list[int]) -> float:
     return concordant / (n * (n - 1) / 2)
 
 
-def _reorder(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, targets: torch.Tensor,
-             trials: int, rng: np.random.Generator, steps: _Steps, plan: "Plan | None" = None,
-             gate: ResidualGate | None = None, baseline: float | None = None) -> pd.DataFrame:
-    """Accuracy after swapping random pairs of interchangeable blocks, against Kendall's tau.
+def _reorder(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, measure: Measure,
+             reference: torch.Tensor, trials: int, rng: np.random.Generator, steps: _Steps,
+             plan: "Plan | None" = None, gate: ResidualGate | None = None,
+             baseline: float | None = None) -> pd.DataFrame:
+    """The score (accuracy, or cosine to the intact output) after swapping random pairs of
+    interchangeable blocks, against Kendall's tau.
 
     Blocks are interchangeable when their module types and input and output shapes agree, so a
-    swap keeps every tensor shape; the swapped modules trade places in their parents. With a plan
-    (called inside ``gated``, all scales 1) the unswapped order's accuracy is ``baseline`` and the
-    orders run sorted, so those agreeing on the first blocks share them through the memo.
+    swap keeps every tensor shape; the swapped modules trade places in their parents. The unswapped
+    order's score is ``baseline`` where given (with a plan, called inside ``gated``, all scales 1;
+    and always for the output, which is the reference itself), and with a plan the orders run
+    sorted, so those agreeing on the first blocks share them through the memo.
     """
     blocks = list(dict.fromkeys(u.module for u in units))
     modules = dict(model.named_modules())
@@ -648,11 +763,11 @@ def _reorder(model: nn.Module, units: list[ResidualUnit], x: torch.Tensor, targe
             continue
         seen.add(tuple(order))
         drawn.append((swaps, order))
-    first = baseline if plan is not None else _accuracy(model, x, targets)
-    accuracies = _reordered_accuracy(model, blocks, modules, [o for _, o in drawn], x, targets, plan, gate)
-    rows = [{"swaps": 0, "tau": 1.0, "accuracy": first}]
-    rows += [{"swaps": swaps, "tau": kendall_tau(order), "accuracy": acc}
-             for (swaps, order), acc in zip(drawn, accuracies)]
+    first = baseline if baseline is not None else _score(model, x, measure, reference)
+    scores = _reordered_scores(model, blocks, modules, [o for _, o in drawn], x, measure, reference, plan, gate)
+    rows = [{"swaps": 0, "tau": 1.0, measure.column: first}]
+    rows += [{"swaps": swaps, "tau": kendall_tau(order), measure.column: value}
+             for (swaps, order), value in zip(drawn, scores)]
     return pd.DataFrame(rows)
 
 
@@ -681,24 +796,24 @@ def _interchangeable_pairs(model: nn.Module, blocks: list[str], modules: dict[st
     return [(a, b) for members in groups.values() for a, b in itertools.combinations(members, 2)]
 
 
-def _reordered_accuracy(model: nn.Module, blocks: list[str], modules: dict[str, nn.Module],
-                        orders: list[list[int]], x: torch.Tensor, targets: torch.Tensor,
-                        plan: "Plan | None", gate: ResidualGate | None) -> list[float]:
-    """Accuracy with the blocks placed in each order; with a plan, orders sorted and memo-shared."""
+def _reordered_scores(model: nn.Module, blocks: list[str], modules: dict[str, nn.Module],
+                      orders: list[list[int]], x: torch.Tensor, measure: Measure, reference: torch.Tensor,
+                      plan: "Plan | None", gate: ResidualGate | None) -> list[float]:
+    """The score with the blocks placed in each order; with a plan, orders sorted and memo-shared."""
     if plan is None or not plan.passes:
-        accuracies = []
+        scores = []
         for order in orders:
             with _placed(model, blocks, order, modules):
-                accuracies.append(_accuracy(model, x, targets))
-        return accuracies
+                scores.append(_score(model, x, measure, reference))
+        return scores
     parts: list[list[torch.Tensor]] = [[] for _ in orders]
-    for chunk in x.split(plan.chunk):
+    for chunk, rows in zip(x.split(plan.chunk), reference.split(plan.chunk)):
         with torch.no_grad(), plan.memo(model, gate) as memo:
             for i in sorted(range(len(orders)), key=lambda i: orders[i]):
                 with _placed(model, blocks, orders[i], modules):
                     memo.start(tuple(orders[i]))
-                    parts[i].append(_logits(model, chunk).argmax(1))
-    return [float((torch.cat(p) == targets).float().mean()) for p in parts]
+                    parts[i].append(measure.per_image(_logits(model, chunk), rows))
+    return [float(torch.cat(p).mean()) for p in parts]
 
 
 class _placed:
@@ -725,7 +840,8 @@ class _placed:
 # checking a reuse plan against plain passes
 
 
-def _checked(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor) -> Plan:
+def _checked(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor,
+             measure: Measure = Measure()) -> Plan:
     """Turn off what does not reproduce plain passes on ``x`` (two images): stacking, memo, chain.
 
     Whatever fails here (a model the probe misread) falls back to plain passes as well.
@@ -735,24 +851,24 @@ def _checked(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor) 
     masks[1, plan.order[-1]] = masks[2, plan.order[0]] = 0
     masks[3] = 0
     silent = _Steps(None, 0)
-    plain = _masked_outputs(model, gate, x, masks, None, silent, lambda out: out)
+    plain = _masked_outputs(model, gate, x, masks, None, silent, lambda out, _: out)
     for rows in (2 * len(x), 1):   # two masks stacked a pass (batch dimension first), else one
         plan.rows = rows
-        if _agrees(lambda: _masked_outputs(model, gate, x, masks, plan, silent, lambda out: out), plain):
+        if _agrees(lambda: _masked_outputs(model, gate, x, masks, plan, silent, lambda out, _: out), plain):
             plan.rows = STACKED_ROWS if rows > 1 else 1
             break
     else:
         plan.passes = False
     if plan.chain:
-        plan.chain = _chain_agrees(plan, model, gate, x, plain[0].argmax(1), silent)
+        plan.chain = _chain_agrees(plan, model, gate, x, plain[0].argmax(1), silent, measure)
     return plan
 
 
-def _chain_agrees(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor, targets: torch.Tensor,
-                  steps: _Steps) -> bool:
+def _chain_agrees(plan: Plan, model: nn.Module, gate: ResidualGate, x: torch.Tensor, classes: torch.Tensor,
+                  steps: _Steps, measure: Measure = Measure()) -> bool:
     """Whether ``_ChainBackward`` gives the whole backward pass's gradient on a mixed route."""
     routes = [tuple(("branch", "skip")[u % 2] for u in range(gate.n))]
-    loss, xg, inputs = _shared_forward(model, gate, x, targets, plan.blocks)
+    loss, xg, inputs = _shared_forward(model, gate, x, classes, plan.blocks, measure)
     whole = torch.tensor(_routed_norms(gate, _whole_backward(loss, xg), routes, plan.order, steps))
     chain = _ChainBackward(loss, xg, inputs, plan.block_units)
     return _agrees(lambda: [torch.tensor(_routed_norms(gate, chain, routes, plan.order, steps))], [whole])

@@ -1,0 +1,35 @@
+"""Models without a classifier head, built here with the real libraries (random weights, no download)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from tests.shard_builders import spread_digits
+
+
+def dinov2_folder(root: Path) -> Path:
+    """A tiny DINOv2 backbone (``Dinov2Model``: features, no head) with DINOv2's image processor
+    (shorter edge resized, then a centre crop), saved as a Hugging Face folder."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    folder = root / "dinov2-tiny"
+    torch.manual_seed(0)
+    config = Dinov2Config(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          mlp_ratio=2)
+    Dinov2Model(config).save_pretrained(folder)
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 28, "width": 28}, do_center_crop=True,
+                      do_convert_rgb=True).save_pretrained(folder)
+    return folder
+
+
+def digit_folder(root: Path, n: int = 40) -> Path:
+    """``n`` real MNIST digits (every class) as PNGs in class folders ``digit-0`` .. ``digit-9``."""
+    images, labels = spread_digits(n)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / "digits" / f"digit-{label}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{i:03d}.png")
+    return root / "digits"
