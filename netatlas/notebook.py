@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Coroutine, Sequence
 
@@ -19,7 +20,7 @@ import panel as pn
 from netatlas.app.config import AppConfig
 from netatlas.app.neurons_view import LOGITS
 from netatlas.app.page import build_views, load_extensions, view_tabs
-from netatlas.app.state import ERROR, AppState
+from netatlas.app.state import ERROR, AppState, left_out_message
 from netatlas.backend.activations import Reduction
 from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import load_checkpoint
@@ -94,6 +95,7 @@ class Atlas:
         """One row per image: index, id, label, prediction, logits and one vector column per layer."""
         with progress_bar("activations", "img", notebook=True) as progress:
             acts = self.workspace.activations(list(layers), reduction, progress)
+        self._tell_left_out()
         return self.workspace.table(acts).to_pandas()
 
     @property
@@ -190,6 +192,15 @@ class Atlas:
         """Compute into the cache here, with a progress bar; the view then reads it at once."""
         with progress_bar("computing", "step", notebook=True) as progress:
             compute(progress)
+        self._tell_left_out()
+
+    def _tell_left_out(self) -> None:
+        """Say once (a warning under the cell) which unreadable images no result includes, as the page's
+        status line does."""
+        skipped = self.workspace.dataset.skipped
+        if len(skipped) > getattr(self, "_told", 0):
+            warnings.warn(left_out_message(skipped).replace("`", ""), UserWarning, stacklevel=3)
+        self._told = len(skipped)
 
     @staticmethod
     def _layer_name(view: Any) -> str:

@@ -151,8 +151,9 @@ def test_hooks_removed_after_success(conv_net, rgb_dataset):
 
 def test_hooks_removed_after_an_exception_mid_pass(conv_net, rgb_dataset):
     conv_net.relu2 = Boom()  # fc1 runs (its hook fires), then the pass raises
-    with pytest.raises(ValueError, match="boom"):
+    with pytest.raises(NetatlasError, match="ConvNet failed on a 23x3x12x12 batch of rgb .*ValueError: boom") as err:
         extract_activations(conv_net, rgb_dataset, PRE, ["conv", "fc1", "relu2"], device="cpu")
+    assert isinstance(err.value.__cause__, ValueError)      # the user's exception, kept for a debugger
     for name, module in conv_net.named_modules():
         assert not module._forward_hooks, name
     # the model still works normally afterwards, with nothing captured behind our back

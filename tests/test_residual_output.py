@@ -267,7 +267,8 @@ def test_residual_tab_header_says_what_is_measured(demo_case):
 def test_paths_command_prints_no_accuracy(demo_case, tmp_path, monkeypatch, capsys):
     import netatlas.cli as cli
     _, _, report = demo_case
-    workspace = SimpleNamespace(residual_paths=lambda units, settings, progress: report)
+    workspace = SimpleNamespace(residual_paths=lambda units, settings, progress: report,
+                                dataset=SimpleNamespace(skipped=[]), predictions_note="no classification head")
     monkeypatch.setattr(cli, "dataset_from_args", lambda args: None)
     monkeypatch.setattr(cli, "workspace_from_args", lambda args, dataset, *a, **k: workspace)
     args = cli.build_parser().parse_args(["paths", "demo", "demo", "-o", str(tmp_path),

@@ -133,3 +133,14 @@ def test_every_command_leaves_the_same_images_out(folders, tmp_path, capsys):
                        *cache)
     assert "map of 120 images" in out and "left out 4" in err
     assert pq.read_table(tmp_path / "map.parquet").column("id").to_pylist() == reference.column("id").to_pylist()
+
+
+def test_the_notebook_says_which_images_were_left_out(folders, tmp_path):
+    import netatlas.notebook as na
+
+    mixed, _ = folders
+    atlas = na.open("demo", mixed, cache_dir=tmp_path, device="cpu")
+    with pytest.warns(UserWarning, match=r"Left out 4 unreadable images \(3/truncated.png"):
+        frame = atlas.activations(["blocks.3"])
+    assert len(frame) == 120 and not set(BROKEN) & set(frame["id"])
+    assert "120 images" in repr(atlas)
