@@ -121,7 +121,7 @@ def run_case(case: Case, tmp: Path) -> bool:
     killed_root = Path(tempfile.mkdtemp(dir=tmp))
     done = killed_at(case, killed_root, tmp, KILL_AT)
     kept = sum(int(p.stem.split("-")[1]) - int(p.stem.split("-")[0])
-               for p in killed_root.glob("activations-pass/*/[0-9]*.parquet"))
+               for p in killed_root.glob("activations-pass/*/[0-9]*.arrow"))
     resume_s, resumed = resumable(case, killed_root)
     same = np.array_equal(resumed.logits, reference.logits) and all(
         np.array_equal(resumed.layers[name], reference.layers[name]) for name in case.layers)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small N, one repeat: a smoke run")
     ap.add_argument("--models", default="demo,resnet18", help="comma list of demo, resnet18")
-    ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 3, 1 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats per timing (default 5, 1 with --quick)")
     args = ap.parse_args(argv)
     out("device", "cpu")
     out("torch_threads", torch.get_num_threads())
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="netatlas-bench-resume-") as d:
         tmp = Path(d)
         for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-            repeats = args.repeats or (1 if args.quick else 3)
+            repeats = args.repeats or (1 if args.quick else 5)
             if name == "demo":
                 case = demo_case(1000 if args.quick else None, repeats)
             elif name == "resnet18":

@@ -72,7 +72,7 @@ def test_a_killed_extraction_resumes_to_the_same_bits(uninterrupted, tmp_path, m
     process = child(tmp_path, cache, output, log)
     parts = cache / "activations-pass"
     deadline = time.monotonic() + 120
-    while len(list(parts.glob("*/[0-9]*.parquet"))) < kill_after:       # finished chunks, not temp files
+    while len(list(parts.glob("*/[0-9]*.arrow"))) < kill_after:       # finished chunks, not temp files
         assert process.poll() is None, f"finished before the kill (seed {seed}): {process.stderr.read()}"
         assert time.monotonic() < deadline, f"no progress (seed {seed})"
         time.sleep(0.005)
@@ -80,7 +80,7 @@ def test_a_killed_extraction_resumes_to_the_same_bits(uninterrupted, tmp_path, m
     process.wait()
     assert not output.exists()
     kept = sum(int(p.stem.split("-")[1]) - int(p.stem.split("-")[0])
-               for p in parts.glob("*/[0-9]*.parquet"))
+               for p in parts.glob("*/[0-9]*.arrow"))
     assert kept >= kill_after * CHUNK, f"seed {seed}"
 
     rows = []
@@ -95,7 +95,7 @@ def test_a_killed_extraction_resumes_to_the_same_bits(uninterrupted, tmp_path, m
     assert main(extract_argv(cache, output)) == 0, capsys.readouterr().err
     assert sum(rows) == N - kept, f"seed {seed}: the resumed run recomputed images already written"
     assert pq.read_table(output).equals(pq.read_table(uninterrupted)), f"seed {seed}"
-    assert not list(parts.glob("*/*.parquet"))                  # the chunks go once the entries are written
+    assert not list(parts.glob("*/*"))                  # the chunks go once the entries are written
 
 
 def test_two_processes_extracting_the_same_layer_compute_it_once(uninterrupted, tmp_path):
@@ -121,9 +121,10 @@ def test_chunks_of_another_pass_or_a_half_written_file_are_not_used(tmp_path):
     whole = resumable.resumable_pass(loaded.model, part, loaded.preprocessing, ["blocks.3"], "mean", BATCH, "cpu",
                                      folder, "tag-a", chunk_rows=CHUNK_ROWS)
     names = sorted(p.name for p in folder.iterdir())
-    assert names == [f"{a:012d}-{a + 64:012d}.parquet" for a in range(0, 640, 64)]  # 640 // 20: one batch each
-    (folder / names[1]).write_bytes(b"PAR1 truncated")                   # a torn file
-    (folder / ".tmp-x.parquet").write_bytes(b"half")                     # a killed writer's temp file
+    assert names == [f"{a:012d}-{a + 64:012d}.arrow" for a in range(0, 640, 64)]  # 640 // 20: one batch each
+    torn = (folder / names[1]).read_bytes()
+    (folder / names[1]).write_bytes(torn[: len(torn) // 2])                # a torn file
+    (folder / ".tmp-x.arrow").write_bytes(b"half")                     # a killed writer's temp file
     again = resumable.resumable_pass(loaded.model, part, loaded.preprocessing, ["blocks.3"], "mean", BATCH, "cpu",
                                      folder, "tag-a", chunk_rows=CHUNK_ROWS)
     assert np.array_equal(again.logits, whole.logits) and np.array_equal(again.layers["blocks.3"],
