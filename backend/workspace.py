@@ -161,7 +161,9 @@ class Workspace:
         found = self._cached_activations(layers, reduction)
         if found is None:
             with self.model_lock:
-                found = self._cached_activations(layers, reduction) or self._extract(layers, reduction, progress)
+                found = self._cached_activations(layers, reduction)
+                if found is None:
+                    return self._extract(layers, reduction, progress)
         if progress:
             progress(len(self.dataset), len(self.dataset))
         return found
