@@ -185,7 +185,7 @@ def extract_activations(model: nn.Module, dataset: ImageDataset, preprocessing: 
         results.append(result)
         if progress:
             progress(result.stop, n)
-    return collect(results, n, reduction, classify)
+    return collect(results, n, reduction, classify, dataset)
 
 
 def pass_batches(model: nn.Module, dataset: ImageDataset, preprocessing: Preprocessing,
@@ -217,12 +217,16 @@ def pass_batches(model: nn.Module, dataset: ImageDataset, preprocessing: Preproc
             start = stop
 
 
-def collect(results: Iterable[BatchResult], n: int, reduction: Reduction = "mean",
-            classify: bool = True) -> Activations:
-    """The batches of a pass over ``n`` images as one Activations, in dataset order."""
+def collect(results: Iterable[BatchResult], n: int, reduction: Reduction = "mean", classify: bool = True,
+            dataset: ImageDataset | None = None) -> Activations:
+    """The batches of a pass over ``n`` images (of ``dataset``, named in errors) as one Activations, in
+    dataset order."""
     results = [r for r in sorted(results, key=lambda r: r.start) if len(r.index)]
     if not results:
-        raise NetatlasError(f"none of the {n} images could be read: no results" if n else "the dataset is empty")
+        name = f" of {dataset.name}" if dataset is not None else ""
+        first = f" (first: {dataset.skipped[0]})" if dataset is not None and dataset.skipped else ""
+        raise NetatlasError(f"none of the {n} images{name} could be read{first}: give images that open "
+                            f"(png, jpg, webp, bmp)" if n else f"the dataset{name} is empty")
     index = np.concatenate([r.index for r in results])
     logits = np.concatenate([r.logits for r in results])
     layers = {name: np.concatenate([r.layers[name] for r in results]) for name in results[0].layers}

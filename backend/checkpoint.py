@@ -51,6 +51,7 @@ class LoadedModel:
     classes: list[str] | None = None
     sidecar: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    missing_weights: list[str] = field(default_factory=list)   # initialised at random by the loader
 
     @property
     def input_shape(self) -> tuple[int, int, int, int]:
@@ -60,7 +61,7 @@ class LoadedModel:
     @cached_property
     def head(self) -> Head:
         """The classifier head the model declares (or its absence, and why): predictions need one."""
-        return declared_head(self.model, self.arch)
+        return declared_head(self.model, self.arch, self.missing_weights)
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -121,12 +122,12 @@ def read_sidecar(path: Path) -> dict[str, Any]:
 
 def _load_hf_folder(folder: Path, sidecar: dict[str, Any], preprocessing: Preprocessing | None,
                     device: str | torch.device) -> LoadedModel:
-    model, class_name, notes = load_hf_model(folder)
+    model, class_name, notes, missing = load_hf_model(folder)
     if preprocessing is None:
         preprocessing = default_preprocessing(folder, None, None, sidecar)
     classes = sidecar.get("classes") or hf_classes(folder)
     return LoadedModel(model.to(device).eval(), folder, "transformers", folder_hash(folder), preprocessing,
-                       f"transformers:{class_name}", {}, list(classes) if classes else None, sidecar, notes)
+                       f"transformers:{class_name}", {}, list(classes) if classes else None, sidecar, notes, missing)
 
 
 def default_preprocessing(path: Path | None, arch: str | None, arch_kwargs: dict[str, Any] | None = None,

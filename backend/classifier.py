@@ -18,6 +18,7 @@ name the head's classes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 from torch import nn
 
@@ -35,8 +36,28 @@ class Head:
         return self.width is not None
 
 
-def declared_head(model: nn.Module, arch: str | None = None) -> Head:
-    """The model's classifier head, decided from its class (Hugging Face, timm) or its last layer."""
+def declared_head(model: nn.Module, arch: str | None = None, missing: Iterable[str] = ()) -> Head:
+    """The model's classifier head, decided from its class (Hugging Face, timm) or its last layer; a head
+    whose weights the loader did not find (``missing``: it initialised them at random) is no head."""
+    head = _declared(model, arch)
+    untrained = [key for key in missing if any(key.startswith(path + ".") for path in _head_paths(model))]
+    if head.declared and untrained:
+        return Head(None, f"{type(model).__name__}'s classification head ({', '.join(untrained)}) is not in the "
+                          "saved weights and was initialised at random, so there are no predictions")
+    return head
+
+
+def _head_paths(model: nn.Module) -> list[str]:
+    """The module path of the last parametrized leaf: where a classification head lives."""
+    return [path for path, _ in _parametrized_leaves(model)[-1:]]
+
+
+def _parametrized_leaves(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(path, m) for path, m in model.named_modules()
+            if not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))]
+
+
+def _declared(model: nn.Module, arch: str | None) -> Head:
     name = type(model).__name__
     if arch and arch.startswith("transformers:"):
         if "ForImageClassification" in name:
@@ -53,8 +74,7 @@ def declared_head(model: nn.Module, arch: str | None = None) -> Head:
 
 
 def _last_layer_head(model: nn.Module) -> Head:
-    leaves = [(path, m) for path, m in model.named_modules()
-              if not any(True for _ in m.children()) and any(True for _ in m.parameters(recurse=False))]
+    leaves = _parametrized_leaves(model)
     if not leaves:
         return Head(None, f"{type(model).__name__} has no parametrized layer, so no classifier head")
     path, last = leaves[-1]

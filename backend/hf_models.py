@@ -73,8 +73,10 @@ def read_json_object(path: Path, label: str | None = None) -> dict[str, Any]:
     return data
 
 
-def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str]]:
-    """(model in eval mode, its class name, notes) from a save_pretrained folder, offline."""
+def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str], list[str]]:
+    """(model in eval mode, its class name, notes, weights missing from the folder) from a save_pretrained
+    folder, offline. transformers initialises missing weights at random (a backbone's folder opened as
+    ``*ForImageClassification`` gets a random head): the caller must not take them for trained ones."""
     import torch
     import transformers
 
@@ -95,7 +97,8 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str]]:
     for i, cls in enumerate(candidates):
         with _held_load_report() as report:
             try:
-                model = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **dtype)
+                model, info = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False,
+                                                  output_loading_info=True, **dtype)
             except Exception as exc:   # a truncated shard, a mismatched config, a missing file: many types
                 if isinstance(exc, ValueError) and i + 1 < len(candidates):
                     continue           # an Auto class that does not map this config type: try the next
@@ -105,7 +108,11 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str]]:
     if not named:
         _check_takes_images(type(model), folder)
     notes = [f"loaded with transformers {transformers.__version__} as {type(model).__name__}"]
-    return model.eval(), type(model).__name__, notes
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        notes.append(f"{len(missing)} weights are not in the folder and were initialised at random "
+                     f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return model.eval(), type(model).__name__, notes, missing
 
 
 NON_IMAGE_INPUTS = ("input_ids", "inputs_embeds", "input_values", "input_features", "decoder_input_ids")

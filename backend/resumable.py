@@ -70,7 +70,7 @@ def resumable_pass(model, dataset: ImageDataset, preprocessing: Preprocessing, l
                     _raise_failed(pending)
         for future in pending:
             future.result()
-    return collect(done, n, reduction, classify=False)
+    return collect(done, n, reduction, classify=False, dataset=dataset)
 
 
 def chunk_size(n: int, batch_size: int, chunk_rows: int | None = None) -> int:

@@ -362,8 +362,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if args.neighbors < 2 or args.fit_sample < 3 or not 0 <= args.min_dist <= 1:
         raise NetatlasError("--neighbors must be >= 2, --fit-sample >= 3 and --min-dist between 0 and 1")
     start = time.perf_counter()
-    with contextlib.ExitStack() as resources, progress_bar("embed", "img") as progress:
+    with contextlib.ExitStack() as resources:
         workspace = workspace_from_args(args, dataset_from_args(args), resources=resources)
+        progress = resources.enter_context(progress_bar("embed", "img"))   # after the model opened (or failed)
         workspace.representation(args.layer, args.reduction, progress)  # the pass finds the readable images,
         dataset = workspace.dataset                                      # whose count sets the default seed
         seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed

@@ -94,3 +94,21 @@ def test_the_cli_shows_no_prediction_for_a_backbone(backbone, tmp_path, capsys):
     assert "accuracy" not in out and "tree of 40 images on the outputs" in out
     assert main(["embed", *common, "--method", "pca", "-o", str(tmp_path / "map.parquet")]) == 0
     assert "prediction" not in pq.read_table(tmp_path / "map.parquet").column_names
+
+
+def test_a_head_missing_from_the_saved_weights_is_no_head(tmp_path):
+    """A backbone's folder whose config names *ForImageClassification: transformers initialises the head at
+    random; its argmax would be a made-up prediction."""
+    import json
+
+    from transformers import ViTConfig, ViTModel
+
+    config = ViTConfig(image_size=28, patch_size=7, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32, num_labels=4)
+    ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "architectures": ["ViTForImageClassification"]}))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.missing_weights == ["classifier.bias", "classifier.weight"]
+    assert loaded.head.width is None and "initialised at random" in loaded.head.why
+    assert any("initialised at random" in note for note in loaded.notes)

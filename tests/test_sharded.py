@@ -225,7 +225,6 @@ def test_cli_extract_on_dask_equals_the_single_process_cli(client, digits_npz, t
 def test_parquet_column_options_reach_the_workers(client, loaded, tmp_path):
     """A table opened with --image-column/--label-column is opened the same way on every worker."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from netatlas.backend.datasets import load_dataset
     from netatlas.backend.workspace import Workspace

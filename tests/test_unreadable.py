@@ -144,3 +144,14 @@ def test_the_notebook_says_which_images_were_left_out(folders, tmp_path):
         frame = atlas.activations(["blocks.3"])
     assert len(frame) == 120 and not set(BROKEN) & set(frame["id"])
     assert "120 images" in repr(atlas)
+
+
+def test_a_folder_of_only_unreadable_images_is_one_line(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(os.urandom(300))
+    (tmp_path / "a" / "y.png").write_bytes(b"")
+    code = main(["extract", "demo", str(tmp_path), "-o", str(tmp_path / "x.parquet"), "--cache-dir",
+                 str(tmp_path / "cache"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and err.startswith("netatlas: error: none of the 2 images of") and "a/x.png" in err
+    assert not (tmp_path / "x.parquet").exists()
