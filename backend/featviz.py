@@ -32,7 +32,8 @@ Loss = Callable[[torch.Tensor], torch.Tensor]  # pixels [k, C, H, W] in [0, 1] -
 PAPER_LR = 0.02           # mean pixel change per step (normalized gradient): 2% of [0, 1]
 TV_SHARE = 0.5            # TV denoising step as a fraction of the ascent step
 CANVAS_GROWTH = 1.2       # the paper's upsampling factor between canvas stages
-CANVAS_STAGES = 4         # 28 px: 16 -> 19 -> 23 -> 28; 224 px: 130 -> 156 -> 187 -> 224
+CANVAS_STAGES = 4         # 224 px: 130 -> 156 -> 187 -> 224
+MIN_CANVAS = 32           # no stage smaller: a 16 px canvas of a 28 px digit blurs its strokes away
 LUCID_LR = 0.05
 LUCID_DIVISOR = 4.0       # Lucid's spectrum-to-image scaling, kept so that its lr means the same here
 LUCID_ZOOM = 0.05         # random zoom within 1 +- this
@@ -218,7 +219,7 @@ def _paper(loss: Loss, pixels: torch.Tensor, settings: FeatvizSettings, jitter: 
     """Normalized gradient ascent with TV denoising and centre-biased jitter on a growing canvas."""
     lr = settings.lr if settings.lr is not None else PAPER_LR
     full = tuple(pixels.shape[-2:])
-    stages = min(CANVAS_STAGES, max(settings.steps, 1))
+    stages = min(canvas_stages(min(full)), max(settings.steps, 1))
     canvas, done = pixels, 0
     for stage in range(stages):
         shrink = CANVAS_GROWTH ** (stages - 1 - stage)
@@ -235,6 +236,17 @@ def _paper(loss: Loss, pixels: torch.Tensor, settings: FeatvizSettings, jitter: 
             done += 1
             report(done, settings.steps)
     return canvas
+
+
+def canvas_stages(side: int) -> int:
+    """The paper's growing canvas: up to ``CANVAS_STAGES`` stages, each ``CANVAS_GROWTH`` times the last, none
+    smaller than ``MIN_CANVAS`` pixels (a 28 px image is optimized at full size: its facets then keep the
+    strokes of their starting digits, and are more diverse than those starts; at 16 px they were grey
+    smears less diverse than the starts)."""
+    stages = 1
+    while stages < CANVAS_STAGES and side / CANVAS_GROWTH ** stages >= MIN_CANVAS:
+        stages += 1
+    return stages
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -17,6 +17,7 @@ from netatlas.backend.activations import Activations, Progress, Reduction, activ
     resolve_device
 from netatlas.backend.cache import ResultCache, arrow_to_vectors, canonical_json, vectors_to_arrow
 from netatlas.backend.checkpoint import LoadedModel
+from netatlas.backend.class_stats import chance_hint
 from netatlas.backend.classifier import predictions_for
 from netatlas.backend.circuit.graph import Circuit
 from netatlas.backend.circuit.trace import example_input, trace_circuit
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 ACTIVATIONS_VERSION = 2   # 2: unreadable images have no rows (1 gave them a black image's)
 UNREADABLE_VERSION = 1
 RESIDUAL_VERSION = 3   # 3: a model without a classifier head is measured against its output
-FACETS_VERSION = 2     # 2: rank and SDs above the dataset max, not a ratio to it
+FACETS_VERSION = 3     # 2: rank and SDs above the dataset max, not a ratio to it; 3: no canvas under 32 px
 CLUSTER_VERSION = 1
 EMBEDDING_VERSION = 1
 _RESIDUAL_META = b"netatlas.residual.meta"
@@ -68,6 +69,7 @@ class Workspace:
         self.source_dataset = self.dataset = dataset
         self._scanned = False
         self._predictions_note: str | None = None
+        self.chance_note = ""           # set with the predictions: an accuracy at chance says check the preprocessing
         self._adopt_cached_unreadable()
 
     @cached_property
@@ -146,7 +148,9 @@ class Workspace:
     def _predictions(self, logits: np.ndarray) -> np.ndarray | None:
         predicts, self._predictions_note = predictions_for(self.loaded.head, self.dataset.classes,
                                                            self.dataset.labeled, logits.shape[1])
-        return logits.argmax(1).astype(np.int64) if predicts else None
+        predictions = logits.argmax(1).astype(np.int64) if predicts else None
+        self.chance_note = chance_hint(self.dataset.labels, predictions, len(self.dataset.classes))
+        return predictions
 
     # ------------------------------------------------------------------ activations
 
