@@ -57,7 +57,7 @@ class DendroMapView(pn.viewable.Viewer):
         super().__init__(**params)
         self.state, self.neurons = state, neurons
         self.tree: ClusterTree | None = None
-        self.data: MapData | None = None
+        self.map_data: MapData | None = None
         self.vectors: np.ndarray | None = None       # the clustered representation, for neighbours
         self.path: list[int] = []                    # zoom history: root first, current last
         self.image: int | None = None
@@ -83,9 +83,11 @@ class DendroMapView(pn.viewable.Viewer):
                                               css_classes=["na-wrong-only"])
         self.search = pn.widgets.TextInput(name="Search ids and metadata", placeholder="e.g. 0042 or test",
                                            width=200, css_classes=["na-search"])
-        self.breadcrumbs = pn.Row(sizing_mode="stretch_width", css_classes=["na-breadcrumbs"])
+        # Breadcrumbs and legend hold their height from the first frame: the map must not move under
+        # the pointer when they fill in after the tree is built.
+        self.breadcrumbs = pn.Row(sizing_mode="stretch_width", height=42, css_classes=["na-breadcrumbs"])
         self.reset = pn.widgets.Button(name="Reset", button_type="light", width=80, css_classes=["na-reset"])
-        self.legend = pn.pane.HTML("", sizing_mode="stretch_width")
+        self.legend = pn.pane.HTML("", sizing_mode="stretch_width", height=22)
         self.treemap = TreemapPane(self.zoom_to, self.show_image, width=MAP_WIDTH, height=MAP_HEIGHT,
                                    css_classes=["na-dendromap"])
         self.summary = pn.pane.Markdown("Open this tab to cluster the dataset.", sizing_mode="stretch_width",
@@ -98,6 +100,12 @@ class DendroMapView(pn.viewable.Viewer):
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
                                           titles={"excess (sd)": "excess"}, layout="fit_data_fill")
         self.detail = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-image-detail"])
+        self.close_detail = pn.widgets.Button(name="✕ Close image", button_type="light", width=120,
+                                              css_classes=["na-close-detail"])
+        self.close_detail.on_click(lambda _: self.hide_image())
+        # Beside the map, above the cluster's tables: where the user is looking when they ask for it.
+        self.detail_box = pn.Column(self.close_detail, self.detail, visible=False, sizing_mode="stretch_width",
+                                    styles={"border-bottom": "1px solid #ddd"})
         self.export = pn.widgets.FileDownload(callback=self._export_csv, filename="cluster.csv",
                                               label="Export images as CSV", button_type="light",
                                               sizing_mode="stretch_width", css_classes=["na-export"])
@@ -123,8 +131,9 @@ class DendroMapView(pn.viewable.Viewer):
     # ----------------------------------------------------------------------------- data
     async def _on_workspace(self, event: param.parameterized.Event) -> None:
         ws: Workspace | None = event.new
-        self.tree = self.data = self.vectors = None
-        self.path, self.image, self._search_keys = [], None, None
+        self.tree = self.map_data = self.vectors = None
+        self.path, self._search_keys = [], None
+        self.hide_image()
         self.treemap.html = ""
         if ws is None:
             return
@@ -183,14 +192,15 @@ class DendroMapView(pn.viewable.Viewer):
         ``predictions`` None: the model has none, and nothing about them is offered or shown."""
         self.tree, self.vectors = tree, vectors
         dataset = self.state.workspace.dataset
-        self.data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
+        self.map_data = MapData(self.tree, dataset.labels, predictions, dataset.ids, dataset.classes)
         self._quiet = True
         try:
             self._offer_predictions(predictions is not None)
         finally:
             self._quiet = False
         self._filter, self._side_key, self._unit_means = (None, None), None, (None, None, None)
-        self.path, self.image, self.external = [self.tree.root], None, None
+        self.path, self.external = [self.tree.root], None
+        self.hide_image()
         self._apply_filter()
         for callback in self.navigated:
             callback()
@@ -243,13 +253,13 @@ class DendroMapView(pn.viewable.Viewer):
     # ----------------------------------------------------------------------------- filters
     def _apply_filter(self) -> None:
         """Images matching the filters (and a chosen class-table row); None when nothing filters."""
-        if self.data is None:
+        if self.map_data is None:
             return
         masks = [mask for mask in (self._filter_mask(), self.external) if mask is not None]
         row = self._selected_class()
         if row is not None:
-            masks.append(self.data.labels == row)
-        self.data.set_hits(np.logical_and.reduce(masks) if masks else None)
+            masks.append(self.map_data.labels == row)
+        self.map_data.set_hits(np.logical_and.reduce(masks) if masks else None)
         self.render()
 
     def highlight_images(self, images: np.ndarray | None) -> None:
@@ -269,16 +279,16 @@ class DendroMapView(pn.viewable.Viewer):
         """The filter widgets' matches (None: no filter), kept until a widget changes: a search
         scans every image's text, and zooming must not repeat it."""
         query = self.search.value.strip().lower()
-        key = (id(self.data), self.true_label.value, self.predicted.value, self.wrong_only.value, query)
+        key = (id(self.map_data), self.true_label.value, self.predicted.value, self.wrong_only.value, query)
         if self._filter[0] == key:
             return self._filter[1]
-        classes, masks = self.data.class_names, []
+        classes, masks = self.map_data.class_names, []
         if self.true_label.value != ANY:
-            masks.append(self.data.labels == classes.index(self.true_label.value))
-        if self.data.has_predictions and self.predicted.value != ANY:
-            masks.append(self.data.predictions == classes.index(self.predicted.value))
-        if self.data.has_predictions and self.wrong_only.value:
-            masks.append(self.data.wrong)
+            masks.append(self.map_data.labels == classes.index(self.true_label.value))
+        if self.map_data.has_predictions and self.predicted.value != ANY:
+            masks.append(self.map_data.predictions == classes.index(self.predicted.value))
+        if self.map_data.has_predictions and self.wrong_only.value:
+            masks.append(self.map_data.wrong)
         if query:
             masks.append(np.char.find(self._keys(self.state.workspace.dataset), query) >= 0)
         self._filter = (key, np.logical_and.reduce(masks) if masks else None)
@@ -313,7 +323,7 @@ class DendroMapView(pn.viewable.Viewer):
     def _unit_colouring(self):
         values = self.neurons.current_values()
         if values is None or self.tree is None or len(values) != self.tree.n_images:
-            return None, None, "no unit chosen in the Neurons tab"
+            return None, None, f"no unit chosen in {self.state.where('Neurons')}"
         layer, unit = self.neurons.current_unit()
         key = (id(self.tree), layer, unit, self.neurons.reduction.value)
         if self._unit_means[0] != key:                # prefix sums once per unit, not per frame
@@ -328,7 +338,7 @@ class DendroMapView(pn.viewable.Viewer):
 
     # ----------------------------------------------------------------------------- render
     def render(self) -> None:
-        if self.data is None or not self.path or self._quiet:
+        if self.map_data is None or not self.path or self._quiet:
             return
         cell = int(self.cell.value)
         color_by = COLOR_BY[self.color_by.value]
@@ -337,11 +347,11 @@ class DendroMapView(pn.viewable.Viewer):
                         "class share": f"share of class {self.color_class.value}"}.get(color_by)
         if color_by == "neuron":
             unit_mean, unit_range, legend_title = self._unit_colouring()
-        classes = self.data.class_names
+        classes = self.map_data.class_names
         class_index = classes.index(self.color_class.value) if self.color_class.value in classes else 0
         dataset = self.state.workspace.dataset
         frame, _ = dendromap_frame(
-            self.data, self.node, int(self.k.value), MAP_WIDTH // cell, MAP_HEIGHT // cell, cell,
+            self.map_data, self.node, int(self.k.value), MAP_WIDTH // cell, MAP_HEIGHT // cell, cell,
             lambda i: thumbnail_src(dataset, i), color_by, class_index, unit_mean, unit_range,
             self.misclassified.value)
         self.treemap.html = frame
@@ -363,7 +373,7 @@ class DendroMapView(pn.viewable.Viewer):
         self.breadcrumbs.objects = [*buttons, self.reset]
 
     def _render_side(self) -> None:
-        tree, data, node = self.tree, self.data, self.node
+        tree, data, node = self.tree, self.map_data, self.node
         images = tree.images(node)
         acc = tree.accuracy[node] if data.has_predictions else np.nan
         matches = data.hits_in(node) if data.hits is not None else None
@@ -396,16 +406,20 @@ class DendroMapView(pn.viewable.Viewer):
         """Details of one image and its nearest neighbours in the clustered representation (the
         neighbour search scans every vector, so it runs off the event loop)."""
         ws, vectors = self.state.workspace, self.vectors
-        if ws is None or self.data is None or not 0 <= index < len(ws.dataset):
+        if ws is None or self.map_data is None or not 0 <= index < len(ws.dataset):
             return
         found = await self.state.run("Finding nearest neighbours", lambda _: nearest_neighbors(vectors, index, 8))
         if found is None or ws is not self.state.workspace:
             return
-        self.image = index
+        self.image, self.detail_box.visible = index, True
         neighbours, distances = found
         self.detail.object = image_detail_html(
-            ws.dataset.read, ws.dataset.ids, ws.dataset.class_name, self.data.labels, self.data.predictions,
+            ws.dataset.read, ws.dataset.ids, ws.dataset.class_name, self.map_data.labels, self.map_data.predictions,
             index, neighbours, distances, "Nearest neighbours (distance in the clustered representation)")
+
+    def hide_image(self) -> None:
+        """Close the image details (a new model, or the user's close button)."""
+        self.image, self.detail_box.visible, self.detail.object = None, False, ""
 
     def _on_unit_row(self, event) -> None:
         """Choosing a top unit sets it in the Neurons tab and colours the map by it."""
@@ -417,9 +431,9 @@ class DendroMapView(pn.viewable.Viewer):
 
     def _export_csv(self) -> io.BytesIO:
         """The current cluster's images (only the matches when a filter is on) as CSV."""
-        if self.data is None:
+        if self.map_data is None:
             return io.BytesIO(b"")
-        data, node = self.data, self.node
+        data, node = self.map_data, self.node
         images = data.hits_in(node) if data.hits is not None else self.tree.images(node)
         frame = pd.DataFrame({
             "index": images, "id": [data.ids[i] for i in images], "label": data.labels[images],
@@ -435,9 +449,30 @@ class DendroMapView(pn.viewable.Viewer):
     def __panel__(self) -> pn.viewable.Viewable:
         controls = pn.FlexBox(self.layer, self.k, self.cell, self.color_by, self.color_class, self.misclassified_box)
         filters = pn.FlexBox(self.true_label, self.predicted, self.wrong_only, self.search)
-        side = pn.Column(self.summary, "#### Classes (choose a row to highlight)", self.classes,
+        side = pn.Column(self.detail_box, self.summary, "#### Classes (choose a row to highlight)", self.classes,
                          "#### Top units (Neurons tab layer; choose to colour)", self.units, self.export,
                          width=370)
         return pn.Column(controls, filters, self.breadcrumbs, self.legend,
-                         pn.Row(pn.Column(self.treemap, self.detail, width=MAP_WIDTH + 10), side),
+                         pn.Row(pn.Column(self.treemap, width=MAP_WIDTH + 10), side),
                          sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The clusters on screen (the current cluster's frontier of ``k``), one row each: cluster (node id),
+        size, share of the dataset, accuracy (only with predictions), merge height, medoid id and the count
+        of each class; empty before the tree is built."""
+        if self.tree is None or self.map_data is None or not self.path:
+            return pd.DataFrame()
+        tree, dataset = self.tree, self.state.workspace.dataset
+        nodes = tree.frontier(self.node, int(self.k.value))
+        frame = pd.DataFrame({"cluster": nodes, "size": tree.count[nodes],
+                              "share": tree.count[nodes] / tree.n_images})
+        if self.map_data.has_predictions:
+            frame["accuracy"] = tree.accuracy[nodes]
+        frame["height"] = tree.height[nodes]
+        frame["medoid id"] = [dataset.ids[int(tree.medoid[n])] for n in nodes]
+        counts = np.stack([tree.classes_of(n, dataset.labels, len(dataset.classes)) for n in nodes])
+        for c, name in enumerate(dataset.classes):       # a column per class, named by the class
+            frame[name if name not in frame.columns else f"class {name}"] = counts[:, c]
+        frame.attrs.update(parent=self.node, k=int(self.k.value))
+        return frame

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from pathlib import Path
 
 import panel as pn
@@ -13,7 +12,8 @@ from netatlas.app.state import AppState
 from netatlas.backend.circuit.graph import Circuit, CircuitView
 from netatlas.backend.workspace import Workspace
 from netatlas.backend.errors import NetatlasError
-from netatlas.viz.circuit import FORMATS, DiagramStyle, export, parse_names, render, symbol_table
+from netatlas.viz.circuit import (FORMATS, DiagramStyle, export, parse_names, render, scrolling_svg, symbol_table,
+                                  wrapped_svg)
 
 ABOUT = ("Tensors are stacks of wires, one per axis, labelled with size symbols (hover a wire for sizes); "
          "boxes are operations, **bold** when learned (L+ = Linear with bias); a dot copies a tensor, "
@@ -37,7 +37,7 @@ class DiagramView(pn.viewable.Viewer):
                                                   value="LR", button_type="primary", button_style="outline")
         self.fold_repeats = pn.widgets.Checkbox(name="Fold repeated blocks (×N)", value=True)
         self.sizes = pn.widgets.Checkbox(name="Sizes on wires", value=False, css_classes=["na-sizes"])
-        self.fit = pn.widgets.Checkbox(name="Fit to width", value=False, css_classes=["na-fit"])
+        self.fit = pn.widgets.Checkbox(name="Fit to width (wrap into rows)", value=False, css_classes=["na-fit"])
         self.unfold = pn.widgets.MultiChoice(name="Open modules", options=[], sizing_mode="stretch_width",
                                              css_classes=["na-unfold"])
         self.unroll = pn.widgets.MultiChoice(name="Unroll folded blocks", options=[], sizing_mode="stretch_width",
@@ -51,8 +51,10 @@ class DiagramView(pn.viewable.Viewer):
             for fmt in FORMATS]
         self.summary = pn.pane.Markdown(ABOUT, sizing_mode="stretch_width", css_classes=["na-diagram-summary"])
         self.legend = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["na-diagram-legend"])
+        # Natural size in a box with visible scrollbars (scrolling_svg), or wrapped into rows that fit the
+        # pane's width at a readable scale (wrapped_svg), the pane scrolling down through them.
         self.figure = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-diagram"],
-                                   styles={"overflow": "auto", "max-height": "75vh", "background": "white"})
+                                   styles={"overflow-y": "auto", "max-height": "80vh", "background": "white"})
         for widget in (self.depth, self.layout, self.fold_repeats, self.sizes, self.fit, self.unfold, self.unroll,
                        self.names):
             widget.param.watch(lambda _e: self.redraw(), "value")
@@ -104,10 +106,7 @@ class DiagramView(pn.viewable.Viewer):
         except NetatlasError as exc:
             self.state.error(str(exc))
             return
-        svg = svg[svg.index("<svg"):]
-        if self.fit.value:   # scale to the pane instead of scrolling at natural size
-            svg = re.sub(r'^<svg width="[^"]*" height="[^"]*"', '<svg style="width:100%;height:auto"', svg)
-        self.figure.object = svg
+        self.figure.object = wrapped_svg(svg) if self.fit.value else scrolling_svg(svg)
         circuit, view = self.circuit, self.view
         runs = ", ".join(f"`{head}` ×{len(run)}" for head, run in view.repeats.items()) or "none"
         notes = "".join(f"\n\n*note: {n}*" for n in circuit.notes)

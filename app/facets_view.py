@@ -6,6 +6,7 @@ import io
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 import panel as pn
 
 from netatlas.app.state import AppState
@@ -88,6 +89,30 @@ class FacetsView(pn.viewable.Viewer):
         export = pn.Row(self.fmt, pn.Column(pn.Spacer(height=18), self.download))
         return pn.Column("#### Facets: synthetic images, one per kind of input the unit responds to",
                          controls, self.results, export, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The facet table, one row per facet: its size (top images in it), the ids of the exemplars shown beside
+        it, the activation its synthetic image reaches and where it started, its rank among the dataset's images
+        and how many standard deviations above the dataset's maximum it lies (NaN when every activation is
+        equal); empty before a run."""
+        import numpy as np
+        import pandas as pd
+
+        report = self.report
+        if report is None or self.state.workspace is None:
+            return pd.DataFrame()
+        ids = self.state.workspace.dataset.ids
+        above = report.above_max_sd
+        frame = pd.DataFrame({
+            "facet": np.arange(len(report.images)), "size": np.asarray(report.sizes),
+            "exemplar ids": [[ids[int(i)] for i in members] for members in report.exemplars],
+            "activation": np.asarray(report.activation), "start activation": np.asarray(report.start_activation),
+            "rank": np.asarray(report.rank),
+            "sd above dataset max": np.full(len(report.images), np.nan) if above is None else above})
+        frame.attrs.update(layer=report.layer, unit=report.unit, dataset_max=report.dataset_max,
+                           dataset_std=report.dataset_std, diversity=report.diversity)
+        return frame
 
 
 def output_name(ws) -> str:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import holoviews as hv
+import pandas as pd
 import panel as pn
 import param
 
@@ -30,7 +31,13 @@ MAX_LISTED = 2000      # edges offered in the picker, most important first; a he
 ABOUT = ("A Kolmogorov-Arnold network computes y_j = Σ_i φ_ij(x_i) + c_j in every layer. The network "
          "draws each edge's learned function φ_ij with alpha = tanh(3 · importance), as pykan does "
          "(importance: the spread of φ_ij over the sample, over the spread of its input). Pick edges in "
-         "the heatmap (tap a cell) or the list; each curve shows its input's data behind it and its knots.")
+         "the heatmap (tap a cell) or the list; under each curve, a grey strip is the histogram of its input "
+         "over the sample and the ticks are the knots.")
+PLACEHOLDER = ("**Nothing opened yet.** Press *Open KAN* to read the chosen checkpoint (or the pykan demo) and draw "
+               "the network with every edge's learned function, each layer's edge importance as a heatmap, and the "
+               "curves of its most important edges: about {seconds} on the demo, longer for a wide KAN. "
+               "*Suggest formula* then fits a formula to every drawn edge (about 0.2 s per edge).")
+DEMO_SECONDS = "2 s"
 
 
 class KANView(pn.viewable.Viewer):
@@ -63,6 +70,9 @@ class KANView(pn.viewable.Viewer):
         self.fmt = pn.widgets.RadioButtonGroup(options=list(EXPORT_FORMATS), value="svg", button_type="primary",
                                                button_style="outline")
         self.summary = pn.pane.Markdown(ABOUT, sizing_mode="stretch_width", css_classes=["na-kan-summary"])
+        self.placeholder = pn.pane.Alert(PLACEHOLDER.format(seconds=DEMO_SECONDS), alert_type="light",
+                                         sizing_mode="stretch_width", css_classes=["na-kan-placeholder"])
+        self.ranked: dict[tuple[int, int, int], list[FormulaFit]] = {}
         self.formulas = pn.pane.Markdown("", sizing_mode="stretch_width", css_classes=["na-kan-formulas"])
         self.network_pane = pn.pane.HoloViews(None, css_classes=["na-kan-network"])
         self.heatmap_pane = pn.pane.HoloViews(None, css_classes=["na-kan-heatmap"])
@@ -73,6 +83,12 @@ class KANView(pn.viewable.Viewer):
                           for name in ("network", "heatmap", "curves")]
         self.csv = pn.widgets.FileDownload(callback=self._csv, filename="kan_curves.csv", label="Curve values (CSV)",
                                            button_type="light", width=170, css_classes=["na-kan-download-csv"])
+        for button in (*self.downloads, self.csv, self.suggest_button):   # nothing to save or fit before Open
+            button.disabled = True
+        self.controls = pn.Row(self.layer, pn.Column(pn.pane.Markdown("Curves of", margin=(0, 5)), self.mode),
+                               self.top, self.parts, sizing_mode="stretch_width", visible=False)
+        self.edge_tools = pn.Column(self.picked, self.suggest_button, self.formulas, sizing_mode="stretch_width",
+                                    visible=False)                      # shown with the KAN they act on
         self.open_button.on_click(self._on_open)
         self.suggest_button.on_click(self._on_suggest)
         self._updating = False
@@ -141,7 +157,10 @@ class KANView(pn.viewable.Viewer):
 
     def show(self, analysis: KANAnalysis, path: Path) -> None:
         """Draw an analysed KAN read from ``path``: its network, the first layer's heatmap and curves."""
-        self.analysis, self.fits = analysis, {}
+        self.analysis, self.fits, self.ranked = analysis, {}, {}
+        self.placeholder.visible, self.controls.visible, self.edge_tools.visible = False, True, True
+        for button in (*self.downloads, self.csv, self.suggest_button):
+            button.disabled = False
         with self._quiet():
             self.layer.param.update(options={analysis.layer_label(i): i for i in range(len(analysis.network.layers))},
                                     value=0)
@@ -168,7 +187,6 @@ class KANView(pn.viewable.Viewer):
         tap = hv.streams.Tap(source=heatmap)
         tap.add_subscriber(self._on_tap)
         self.heatmap_pane.object = heatmap
-        self.formulas.object = ""
         self.redraw_curves()
 
     def _on_tap(self, x: float | None = None, y: float | None = None) -> None:
@@ -202,24 +220,48 @@ class KANView(pn.viewable.Viewer):
         if self.analysis is not None:
             figure = self.curves_figure()
             self.curves_pane.object = None if figure is None else bokeh_small_multiples(figure)
+            self.formulas.object = self.formulas_text(self.layer.value, self.edges())   # the drawn edges' fits
 
     async def _on_suggest(self, _event=None) -> None:
-        """Fit c·f(a·x+b)+d to the first picked (or top) edge and list the best formulas."""
+        """Fit c·f(a·x+b)+d to every drawn edge (as the CLI's ``kan --suggest``) and list the best formulas."""
         if self.analysis is None or not self.edges():
             self.state.error("Open a KAN and pick an edge first")
             return
-        analysis, index, (i, j) = self.analysis, self.layer.value, self.edges()[0]
-        ranked = await self.state.run(f"Fitting formulas to edge {i} → {j}",
-                                      lambda _progress: analysis.suggest(index, (i, j)))
-        if not ranked or analysis is not self.analysis:   # failed, or another KAN was opened meanwhile
+        analysis, index, edges = self.analysis, self.layer.value, self.edges()
+        todo = [edge for edge in edges if (index, *edge) not in self.ranked]
+
+        def fit_all(progress) -> dict[tuple[int, int], list[FormulaFit]]:
+            ranked = {}
+            for done, edge in enumerate(todo):
+                progress(done, len(todo))
+                ranked[edge] = analysis.suggest(index, edge)
+            return ranked
+
+        ranked = await self.state.run(f"Fitting formulas to {len(edges)} edge{'s' * (len(edges) != 1)}", fit_all)
+        if ranked is None or analysis is not self.analysis:   # failed, or another KAN was opened meanwhile
             return
-        self.fits[(index, i, j)] = ranked[0]
-        rows = [f"| {n + 1} | `{f.expression()}` | {f.r2:.4f} | {f.complexity} | {f.note} |"
-                for n, f in enumerate(ranked)]
-        self.formulas.object = "\n".join([f"**Edge {i} → {j} of layer {index}**, formulas ranked by fit and "
-                                          "simplicity (as pykan's auto_symbolic):", "",
-                                          "| rank | formula | R² | complexity | note |", "|---|---|---|---|---|", *rows])
+        for (i, j), fits in ranked.items():
+            if fits:
+                self.ranked[(index, i, j)], self.fits[(index, i, j)] = fits, fits[0]
         self.redraw_curves()
+
+    def formulas_text(self, index: int, edges: list[tuple[int, int]]) -> str:
+        """The best formula of every fitted edge in a table, each edge's full ranking folded below it."""
+        fitted = [(i, j, self.ranked[(index, i, j)]) for i, j in edges if (index, i, j) in self.ranked]
+        if not fitted:
+            return ""
+        best = [f"| {i} → {j} | `{r[0].expression()}` | {r[0].r2:.4f} | {r[0].complexity} | {r[0].note} |"
+                for i, j, r in fitted]
+        lines = [f"**Layer {index}: the best formula of each of its {len(fitted)} drawn edges**, ranked by fit and "
+                 "simplicity (as pykan's auto_symbolic and `netatlas kan --suggest`):", "",
+                 "| edge | formula | R² | complexity | note |", "|---|---|---|---|---|", *best, ""]
+        for i, j, ranked in fitted:
+            rows = "".join(f"<tr><td>{n + 1}</td><td><code>{f.expression()}</code></td><td>{f.r2:.4f}</td>"
+                           f"<td>{f.complexity}</td><td>{f.note}</td></tr>" for n, f in enumerate(ranked))
+            lines.append(f"<details><summary>Edge {i} → {j}: every formula tried</summary><table><thead><tr>"
+                         "<th>rank</th><th>formula</th><th>R²</th><th>complexity</th><th>note</th></tr></thead>"
+                         f"<tbody>{rows}</tbody></table></details>")
+        return "\n".join(lines)
 
     # ---- exports -------------------------------------------------------------------------------
     def _name_downloads(self) -> None:
@@ -250,14 +292,24 @@ class KANView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         opener = pn.Row(self.checkpoint, self.family, self.sample, sizing_mode="stretch_width")
-        controls = pn.Row(self.layer, pn.Column(pn.pane.Markdown("Curves of", margin=(0, 5)), self.mode), self.top,
-                          self.parts, sizing_mode="stretch_width")
-        edges = pn.Column(self.picked, self.suggest_button, self.formulas, sizing_mode="stretch_width")
         exports = pn.Row(pn.Column(pn.pane.Markdown("Export as", margin=(0, 5)), self.fmt), *self.downloads, self.csv,
                          sizing_mode="stretch_width")
         return pn.Column(self.summary, opener, pn.Row(self.options, self.open_button, sizing_mode="stretch_width"),
-                         self.network_pane, controls, pn.Row(self.heatmap_pane, edges, sizing_mode="stretch_width"),
+                         self.placeholder, self.network_pane, self.controls,
+                         pn.Row(self.heatmap_pane, self.edge_tools, sizing_mode="stretch_width"),
                          self.curves_pane, exports, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The drawn curves' values (the CSV download's table): one row per (edge, x) of the chosen layer with
+        layer, i, j, variable, x, each part and the total; empty before a KAN is open."""
+        import pandas as pd
+
+        if self.analysis is None or self.layer.value is None or not self.edges():
+            return pd.DataFrame()
+        index = self.layer.value
+        return curve_table(self.analysis.network.layers[index], self.edges(), inputs=self.analysis.inputs[index],
+                           index=index)
 
 
 def _label(path: Path) -> str:

@@ -255,7 +255,8 @@ class MapView(pn.viewable.Viewer):
         if color_by == "cluster":
             tree = self.dendromap.tree
             if tree is None or tree.n_images != len(self.points):
-                self.state.error("Colour by cluster needs the DendroMap tree: open the DendroMap tab first")
+                where = self.state.where("DendroMap")
+                self.state.error(f"Colour by cluster needs the DendroMap tree: open {where} first")
                 self.color_by.value = "Class"
                 return None
             k = int(self.dendromap.k.value)
@@ -273,7 +274,7 @@ class MapView(pn.viewable.Viewer):
             if values is None or len(values) != len(self.points):
                 self.points.set_values(np.zeros(len(self.points), np.float32))
                 self._colouring = None
-                return "no unit chosen in the Neurons tab"
+                return f"no unit chosen in {self.state.where('Neurons')}"
             layer, unit = self.neurons.current_unit()
             key = ("value", id(self.neurons.values), unit)
             if self._colouring != key:                # once per unit, not per redraw
@@ -387,7 +388,7 @@ class MapView(pn.viewable.Viewer):
             f", accuracy {1 - wrong[chosen].sum() / (labels[chosen] >= 0).sum():.1%}"
         self.selected.object = (f"<p class='na-map-count'><b>{len(chosen):,} images selected</b>{accuracy}"
                                 f"{f' (showing {len(shown)})' if len(shown) < len(chosen) else ''}; "
-                                f"highlighted in the DendroMap tab</p>{grid}")
+                                f"highlighted in {self.state.where('DendroMap')}</p>{grid}")
         self.counts.value = class_table(labels[chosen], None if preds is None else preds[chosen],
                                         ws.dataset.classes).round(4)
 
@@ -396,3 +397,21 @@ class MapView(pn.viewable.Viewer):
         side = pn.Column("#### Under the pointer", self.hover, "#### Selected classes", self.counts, width=380)
         return pn.Column(controls, self.summary, self.legend, pn.Row(self.plot, side),
                          self.selected, self.detail, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The points on the map, one row per image: index, id, label, class, prediction (only when the model
+        has a classifier), x, y and whether it is selected; empty before a map is shown."""
+        from netatlas.app.view_data import image_rows
+
+        ws = self.state.workspace
+        if self.points is None or ws is None:
+            return pd.DataFrame()
+        frame = image_rows(ws.dataset, self.predictions)
+        frame["x"] = self.points.frame["x"].to_numpy()
+        frame["y"] = self.points.frame["y"].to_numpy()
+        selected = np.zeros(len(frame), bool)
+        if self.selection is not None:
+            selected[self.selection] = True
+        frame["selected"] = selected
+        return frame

@@ -3,6 +3,7 @@ without predictions (no classifier head for the dataset's classes), the one plac
 
 from __future__ import annotations
 
+import pandas as pd
 import panel as pn
 import param
 
@@ -14,6 +15,7 @@ class ModelView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
         self.state = state
+        self._chance_shown = ""
         self.summary = pn.pane.Markdown("Load a checkpoint to see its modules.", sizing_mode="stretch_width",
                                        css_classes=["na-model-summary"])
         self.tree = pn.widgets.Tabulator(
@@ -21,11 +23,18 @@ class ModelView(pn.viewable.Viewer):
             pagination=None, layout="fit_data_stretch", css_classes=["na-module-tree"],
             formatters={"params": {"type": "money", "precision": 0, "thousand": ","}})
         state.param.watch(self._update, "workspace")
+        state.param.watch(self._after_work, "busy")   # the first pass may find an accuracy at chance
 
-    def _update(self, event: param.parameterized.Event) -> None:
-        ws: Workspace | None = event.new
+    def _after_work(self, event: param.parameterized.Event) -> None:
+        ws = self.state.workspace
+        if not event.new and ws is not None and ws.chance_note != self._chance_shown:
+            self._update(None)
+
+    def _update(self, event: param.parameterized.Event | None) -> None:
+        ws: Workspace | None = self.state.workspace if event is None else event.new
         if ws is None:
             return
+        self._chance_shown = ws.chance_note
         table = ws.modules
         loaded, dataset = ws.loaded, ws.dataset
         total = int(table["params"].iloc[0])
@@ -43,6 +52,8 @@ class ModelView(pn.viewable.Viewer):
         ]
         if note:
             lines.append(f"**No predictions**: {note}")
+        if ws.chance_note and not note:
+            lines.append(f"**Hint**: {ws.chance_note}")
         lines += [f"*note: {n}*" for n in loaded.notes]
         self.summary.object = "\n\n".join(lines)
         shown = table[["name", "type", "output_shape", "units", "params", "trainable"]].copy()
@@ -51,3 +62,9 @@ class ModelView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         return pn.Column(self.summary, self.tree, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> pd.DataFrame:
+        """The module table shown: one row per module (name, type, output shape, units, parameters, ...)."""
+        ws = self.state.workspace
+        return pd.DataFrame() if ws is None else ws.modules.copy()

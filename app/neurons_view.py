@@ -55,8 +55,9 @@ class NeuronsView(pn.viewable.Viewer):
         self.stats = pn.pane.Markdown("", sizing_mode="stretch_width")
         self.top = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-top"])
         self.bottom = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-bottom"])
-        self.histogram = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
-        self.class_means = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280)
+        self.histogram = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280, css_classes=["na-histogram"])
+        self.class_means = pn.pane.HoloViews(None, sizing_mode="stretch_width", height=280,
+                                             css_classes=["na-class-means"])
         self.facets = FacetsView(state, self.current_unit, self.current_values)
         self.rendered: list = []  # callbacks after each render: other views that follow the unit
         state.param.watch(self._on_workspace, "workspace")
@@ -179,6 +180,24 @@ class NeuronsView(pn.viewable.Viewer):
                    sizing_mode="stretch_width"),
             pn.Row(self.histogram, self.class_means, sizing_mode="stretch_width"),
             self.facets, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> dict[str, pd.DataFrame]:
+        """The numbers shown: "activations" (one row per image: index, id, label, class, prediction when the
+        model has a classifier, and the unit's activation), "top" and "bottom" (its 16 highest and lowest
+        rows, as in the grids); empty before a layer is shown."""
+        from netatlas.app.view_data import image_rows
+
+        if self.values is None or self.workspace is None:
+            return {}
+        column = self.current_values()
+        frame = image_rows(self.workspace.dataset, self.predictions)
+        frame["activation"] = column
+        layer, unit = self.current_unit()
+        frame.attrs.update(layer=layer, unit=unit, reduction=self.reduction.value)
+        top, bottom = top_bottom(column, EXAMPLES)
+        return {"activations": frame, "top": frame.iloc[top].reset_index(drop=True),
+                "bottom": frame.iloc[bottom].reset_index(drop=True)}
 
 
 def unit_statistics(column: np.ndarray) -> str:

@@ -20,6 +20,20 @@ from netatlas.app.state import POOL, AppState
 
 _extension_loaded = False
 SYSTEM_FONTS = "system-ui, -apple-system, 'Segoe UI', Roboto, 'Helvetica Neue', Arial, sans-serif"
+# Toasts (Notyf, in the page's light DOM): Notyf paints the colour with a ripple circle that does not cover a
+# tall toast, on a 300 px toast, and fades white text in over a light red. Paint the toast itself in colours
+# that read (white on dark red: 7:1; dark text on amber), let long messages wrap, and keep the text opaque.
+TOAST_CSS = """
+.notyf__toast { max-width: min(520px, calc(100vw - 40px)); }
+.notyf__ripple { display: none; }
+.notyf__wrapper { align-items: flex-start; padding-top: 12px; padding-bottom: 12px; }
+.notyf__message { white-space: normal; overflow-wrap: anywhere; line-height: 1.45; font-size: 14px; }
+.notyf__toast--error { background: #a4161a !important; }
+.notyf__toast--error .notyf__message, .notyf__toast--error .notyf__dismiss-btn { color: #ffffff; }
+.notyf__toast--warning { background: #ffc107 !important; }
+.notyf__toast--warning .notyf__message { color: #1f1f1f; }
+.notyf__message code { background: rgba(0, 0, 0, 0.15); padding: 0 3px; border-radius: 2px; }
+"""
 
 
 def load_extensions() -> None:
@@ -49,12 +63,16 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
     """The page: sidebar to choose what to open; tabs for the views. Opens the configured model."""
     load_extensions()
     POOL.max_bytes = config.max_memory
+    # Per session: pn.extension's notifications=True runs once per process (load_extensions), and a setting made
+    # inside one session applies to that session only, so the other sessions had no toasts at all.
+    pn.config.notifications = True
     state = AppState(config)
     pn.state.on_session_destroyed(lambda _context: state.release())
     loader = LoaderView(state)
     template = pn.template.FastListTemplate(
         title="netatlas", sidebar=[loader], main=[view_tabs(build_views(state))], sidebar_width=320,
         accent_base_color="#3b6ea8", header_background="#2c4f7c", font=SYSTEM_FONTS)
+    template.config.raw_css.append(TOAST_CSS)
     pn.state.onload(loader.load)
     return template
 

@@ -11,7 +11,7 @@ import panel as pn
 import param
 
 from netatlas.app.state import AppState
-from netatlas.backend.residual.paths import PathSettings, ResidualReport
+from netatlas.backend.residual.paths import EXACT_MAX_UNITS, PathSettings, ResidualReport, _gradient_passes
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.residual import residual_figures
 from netatlas.viz.styling import EXPORT_FORMATS, PANEL, export
@@ -22,6 +22,30 @@ ABOUT = ("For a batch of held-out images: each unit's branch against its skip; V
          "counts, gradient per path length (k branches carry the gradient, the other skips) and their "
          "product; the exact order-k decomposition over all 2^n branch masks (n <= 14) and the "
          "Jacobian-gain estimate, beside idealised C(n,k) lambda^k curves; and lesions.")
+DEMO = (6, 256, 190, 10)    # the demo model: units, images, passes, seconds on two CPU cores (measured)
+
+
+def placeholder_text(units: int, settings: PathSettings) -> str:
+    """What Compute will draw and roughly how long it takes: the passes it runs for these units and images,
+    beside the demo's measured time."""
+    if units == 0:
+        return "**Nothing to compute**: choose at least one residual unit above."
+    exact = units <= EXACT_MAX_UNITS
+    passes = (2 + _gradient_passes(units, settings.samples) + (2 ** units if exact else 0) + units
+              + units * settings.lesion_draws + settings.reorder_trials)
+    d_units, d_images, d_passes, d_seconds = DEMO
+    guess = d_seconds * passes / d_passes * settings.images / d_images
+    orders = f"exact over 2^{units} branch masks" if exact else f"estimate only: more than {EXACT_MAX_UNITS} units"
+    return (f"**Nothing computed yet.** *Compute path plots* draws four plots here: each unit's branch against "
+            f"its skip, Veit et al.'s paths by length with their gradients, the order-k decomposition ({orders}), "
+            f"and lesions. With {units} units and {settings.images} images it runs the model about {passes} times "
+            f"(up to {settings.images} images each): the demo ({d_units} units, {d_images} images, {d_passes} passes) "
+            f"takes about {d_seconds} s on a CPU, so expect roughly {_duration(guess)} on a model of the demo's size, "
+            "longer in proportion to a larger model's forward pass.")
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
 
 
 class ResidualView(pn.viewable.Viewer):
@@ -38,15 +62,20 @@ class ResidualView(pn.viewable.Viewer):
         self.fmt = pn.widgets.RadioButtonGroup(name="Export format", options=list(EXPORT_FORMATS),
                                                value="svg", button_type="primary", button_style="outline")
         self.summary = pn.pane.Markdown(ABOUT, sizing_mode="stretch_width")
-        self.plots = pn.Column(sizing_mode="stretch_width", css_classes=["na-residual-plots"])
+        self.placeholder = pn.pane.Alert("", alert_type="light", sizing_mode="stretch_width",
+                                         css_classes=["na-residual-placeholder"])
+        self.plots = pn.Column(self.placeholder, sizing_mode="stretch_width", css_classes=["na-residual-plots"])
         self.compute.on_click(self._on_compute)
+        for widget in (self.units, self.images, self.samples):
+            widget.param.watch(lambda _e: self._describe(), "value")
+        self._describe()
         state.param.watch(self._on_workspace, "workspace")
         state.param.watch(lambda e: setattr(self.compute, "disabled", e.new), "busy")
 
     def _on_workspace(self, event: param.parameterized.Event) -> None:
         ws: Workspace | None = event.new
         self.report = None
-        self.plots.objects = []
+        self.plots.objects = [self.placeholder]
         if ws is None:
             return
         units = ws.residual_units
@@ -54,11 +83,17 @@ class ResidualView(pn.viewable.Viewer):
         self.summary.object = ABOUT if units else (
             "**No residual units found** in this model: no `x + f(x)` add that netatlas can trace.")
 
+    def settings(self) -> PathSettings:
+        return PathSettings(images=int(self.images.value), samples=int(self.samples.value))
+
+    def _describe(self) -> None:
+        self.placeholder.object = placeholder_text(len(self.units.value), self.settings())
+
     async def _on_compute(self, _event=None) -> None:
         ws, keys = self.state.workspace, list(self.units.value)
         if ws is None:
             return
-        settings = PathSettings(images=int(self.images.value), samples=int(self.samples.value))
+        settings = self.settings()
         report = await self.state.run(f"Residual paths over {len(keys)} units",
                                       lambda progress: ws.residual_paths(keys, settings, progress))
         if report is None or ws is not self.state.workspace:
@@ -96,6 +131,18 @@ class ResidualView(pn.viewable.Viewer):
                           pn.Column(pn.pane.Markdown("Export as", margin=(0, 5)), self.fmt),
                           sizing_mode="stretch_width")
         return pn.Column(self.summary, self.units, controls, self.plots, sizing_mode="stretch_width")
+
+    @property
+    def data(self) -> dict:
+        """The report's tables behind the plots, by name: units, paths, orders, lesions, lesions_k, reorder
+        (pandas DataFrames; the report's scalars are in each one's ``attrs``); empty before a run."""
+        report = self.report
+        if report is None:
+            return {}
+        tables = {name: getattr(report, name).copy() for name in report.SECTIONS}
+        for table in tables.values():
+            table.attrs.update(report.meta)
+        return tables
 
 
 def measured(meta: dict) -> str:

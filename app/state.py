@@ -4,7 +4,10 @@ shown as notifications, so the page never freezes and a failure never takes the 
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
+import re
+import string
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +27,30 @@ EXECUTOR = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netatlas")
 # Shared by all sessions: one model, dataset and Workspace per distinct content (its budget: --max-memory).
 POOL = SharedPool()
 ERROR = "**Error:**"   # how the status line starts after a failure (the notebook raises it instead)
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def literal(text: str) -> str:
+    """``text`` as Markdown that shows it character for character: every ASCII punctuation mark
+    backslash-escaped (CommonMark allows it for all of them), so a message's ``224*224``, ``a_b``,
+    backticks, ``<tags>`` or ``$x$`` stay text, never emphasis, code, HTML or math."""
+    return "".join(f"\\{c}" if c in _PUNCTUATION else c for c in text)
+
+
+def code_span(text: str) -> str:
+    """``text`` as one Markdown code span, shown literally whatever backticks it holds (the fence is one
+    backtick longer than its longest run of them)."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def toast_html(markdown: str) -> str:
+    """One line of our own Markdown (bold, code spans of names) as a toast's HTML; raw HTML in it stays text."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).renderInline(markdown)
 
 
 class Cancelled(NetatlasError):
@@ -52,6 +79,16 @@ class AppState(param.Parameterized):
         self._held: Handle[Workspace] | None = None
         self._closed = False
         self._skipped_told = 0                # unreadable images the user has been told about
+        self.last_error: str | None = None    # the last error's own text (the notebook raises it)
+        self.tabs = True                      # the views sit in the page's tabs (False: a notebook's cells)
+        # This session's toasts, taken while its document is current: after an await (AppState.run) Panel may
+        # look them up under another document and make a new area that is on no page (no toast showed).
+        self.notifications = pn.state.notifications
+
+    def where(self, view: str) -> str:
+        """How a message points at another view: "the DendroMap tab" on the page, "the DendroMap view" in
+        a notebook, which has no tabs."""
+        return f"the {view} {'tab' if self.tabs else 'view'}"
 
     def hold(self, handle: Handle[Workspace]) -> None:
         """Open ``handle``'s Workspace in this session and give back the one it had open."""
@@ -75,7 +112,7 @@ class AppState(param.Parameterized):
         """Run ``work(progress)`` off the event loop; return its result, or None after an error."""
         self.busy = True
         self.cancelled.clear()
-        self.status.object = f"{label}..."
+        self.status.object = f"{literal(label)}..."
         self.progress.param.update(value=0, visible=True, active=True)
         self.cancel_button.visible = True
 
@@ -108,18 +145,21 @@ class AppState(param.Parameterized):
         skipped = self.workspace.dataset.skipped if self.workspace is not None else []
         if skipped:
             self.status.object = left_out_message(skipped)   # stays while this dataset is open
-        if len(skipped) > self._skipped_told and pn.state.notifications is not None:
-            pn.state.notifications.warning(left_out_message(skipped), duration=8000)
+        if len(skipped) > self._skipped_told and self.notifications is not None:
+            self.notifications.warning(toast_html(left_out_message(skipped)), duration=8000)
         self._skipped_told = len(skipped)
 
     def error(self, message: str) -> None:
-        self.status.object = f"{ERROR} {message}"
-        if pn.state.notifications is not None:
-            pn.state.notifications.error(message, duration=10000)
+        """Show ``message`` (user and file text: shown literally, never as Markdown or HTML) in the status
+        line after a bold "Error:", and as a toast."""
+        self.last_error = message
+        self.status.object = f"{ERROR} {literal(message)}"
+        if self.notifications is not None:   # Notyf sets a toast's message as HTML
+            self.notifications.error(html.escape(message), duration=10000)
 
 
 def left_out_message(skipped: list[str]) -> str:
     """What the status line says about unreadable images: how many, the first few, and that no result has them."""
-    names = ", ".join(f"`{name}`" for name in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+    names = ", ".join(code_span(name) for name in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
     return (f"Left out {len(skipped)} unreadable image{'s' if len(skipped) > 1 else ''} ({names}): they are in no "
             "result, count or view")

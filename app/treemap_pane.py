@@ -1,4 +1,5 @@
-"""The treemap in the page: server-rendered HTML, with clicks on tiles and thumbnails sent back."""
+"""The treemap in the page: server-rendered HTML, with clicks on tiles (zoom) and on a thumbnail's
+details button sent back."""
 
 from __future__ import annotations
 
@@ -11,26 +12,51 @@ from panel.custom import JSComponent
 
 
 class TreemapPane(JSComponent):
-    """Shows ``html``; a click on a thumbnail calls ``on_image(index)``, elsewhere on a tile
-    ``on_node(node)``. Only the HTML string travels on an update: thumbnails are URLs that the
-    browser has cached, so a zoom loads only images it has not shown before."""
+    """Shows ``html``; a click anywhere on a tile calls ``on_node(node)`` (zoom in), and the round "i"
+    that appears on the thumbnail under the pointer calls ``on_image(index)`` (its details). Clicks on
+    thumbnails zoom too: they fill the tiles, so a click that depended on landing between them would
+    feel random. Only the HTML string travels on an update: thumbnails are URLs that the browser has
+    cached, so a zoom loads only images it has not shown before."""
 
     html = param.String(default="")
 
     _esm = """
     export function render({ model, el }) {
+      const wrap = document.createElement("div");
+      wrap.style.position = "relative";
       const root = document.createElement("div");
       root.className = "na-treemap-root";
       root.innerHTML = model.html;
-      model.on("html", () => { root.innerHTML = model.html; });
-      root.addEventListener("click", (event) => {
+      const info = document.createElement("button");
+      info.className = "na-info";
+      info.textContent = "i";
+      info.title = "Details of this image, with its nearest neighbours";
+      wrap.append(root, info);
+      const hide = () => { info.style.display = "none"; delete info.dataset.image; };
+      model.on("html", () => { root.innerHTML = model.html; hide(); });
+      root.addEventListener("mouseover", (event) => {
         const image = event.target.closest("[data-image]");
-        const tile = event.target.closest("[data-node]");
-        if (!tile) return;
-        model.send_msg({ node: Number(tile.dataset.node),
-                         image: image ? Number(image.dataset.image) : null });
+        if (!image) { hide(); return; }
+        const box = image.getBoundingClientRect(), base = wrap.getBoundingClientRect();
+        const size = Math.min(16, box.width, box.height);
+        info.style.width = info.style.height = `${size}px`;
+        info.style.left = `${box.right - base.left - size - 1}px`;
+        info.style.top = `${box.top - base.top + 1}px`;
+        info.dataset.image = image.dataset.image;
+        info.dataset.node = image.closest("[data-node]").dataset.node;
+        info.style.display = "block";
       });
-      return root;
+      wrap.addEventListener("mouseleave", hide);
+      info.addEventListener("click", (event) => {
+        event.stopPropagation();
+        if (info.dataset.image === undefined) return;
+        model.send_msg({ node: Number(info.dataset.node), image: Number(info.dataset.image) });
+      });
+      root.addEventListener("click", (event) => {
+        const tile = event.target.closest("[data-node]");
+        if (tile) model.send_msg({ node: Number(tile.dataset.node), image: null });
+      });
+      return wrap;
     }
     """
 

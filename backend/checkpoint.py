@@ -287,6 +287,15 @@ def strip_prefixes(state: dict[str, torch.Tensor], expected: set[str],
     return best_state, best_removed
 
 
+def head_width(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> str:
+    """The checkpoint's number of classes when every mis-shaped tensor is one module's (the classifier) and
+    they agree on their first dimension (its outputs); else "N"."""
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    widths = {state[k].shape[0] for k in wrong if state[k].ndim}
+    modules = {k.rpartition(".")[0] for k in wrong}
+    return str(widths.pop()) if len(widths) == 1 and len(modules) == 1 else "N"
+
+
 def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], arch: str,
                show: int = 5, name: str = "the checkpoint") -> None:
     """Raise one readable error listing the first missing, unexpected and mis-shaped keys."""
@@ -302,6 +311,7 @@ def check_keys(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.T
             more = f" (+{len(items) - show} more)" if len(items) > show else ""
             parts.append(f"{len(items)} {label}: {', '.join(items[:show])}{more}")
     if shapes and not (missing or unexpected) and not is_import_path(arch):
-        parts.append("if only the classifier differs, pass e.g. --arch-kwargs '{\"num_classes\": N}'")
+        classes = head_width(state, expected)
+        parts.append(f"if only the classifier differs, pass --arch-kwargs '{{\"num_classes\": {classes}}}'")
     parts.append("give the architecture and kwargs it was trained with (--arch, --arch-kwargs or the sidecar)")
     raise NetatlasError("; ".join(parts) + ".")

@@ -30,3 +30,31 @@ def class_stats(labels: np.ndarray, predictions: np.ndarray, class_names: list[s
         "class": [class_names[c] if c < len(class_names) else str(c) for c in present],
         "label": present, "count": count[present], "accuracy": recall, "FNR": 1 - recall, "FPR": fpr})
     return frame.sort_values("count", ascending=False, kind="stable").reset_index(drop=True)
+
+
+CHANCE_MARGIN = 0.02   # an accuracy this close to 1 / classes says the model sees other inputs than it learnt on
+
+
+def labelled_accuracy(labels: np.ndarray, predictions: np.ndarray | None) -> float | None:
+    """The share of labelled images (label >= 0) predicted right; None without predictions or labels."""
+    if predictions is None:
+        return None
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    known = labels >= 0
+    if labels.shape != predictions.shape or not known.any():
+        return None
+    return float((predictions[known] == labels[known]).mean())
+
+
+def chance_hint(labels: np.ndarray, predictions: np.ndarray | None, n_classes: int) -> str:
+    """One line when the accuracy is within ``CHANCE_MARGIN`` of chance (1 / ``n_classes``), "" otherwise.
+
+    A model that scores chance on its own kind of images is almost always fed them differently from how
+    it was trained (size, normalisation, colour), so the CLI and the page say so after the first pass.
+    No predictions (no classifier head), no labels or fewer than two classes: no accuracy, no hint.
+    """
+    accuracy = labelled_accuracy(labels, predictions)
+    if accuracy is None or n_classes < 2 or abs(accuracy - 1 / n_classes) > CHANCE_MARGIN + 1e-9:
+        return ""
+    return (f"accuracy {accuracy:.1%} is at chance for {n_classes} classes: check the preprocessing "
+            "(size, mean/std, grayscale) the model expects")

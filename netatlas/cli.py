@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="module tree with output shapes and parameter counts")
     add_model_args(info)
+    add_cache_args(info)   # nothing of info is cached, but a script passes the same flags to every command
     info.set_defaults(run=cmd_info)
 
     extract = sub.add_parser("extract", help="activations of chosen layers on a dataset, to Parquet")
@@ -171,9 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str, unit: str, notebook: bool = False) -> Iterator[Callable[[int, int], None]]:
+def progress_bar(desc: str, unit: str, notebook: bool = False,
+                 stages: Sequence[tuple[str, str]] = ()) -> Iterator[Callable[[int, int], None]]:
     """A tqdm bar driven by the backend's (done, total) progress callbacks: on stderr for the CLI, or
-    ``tqdm.auto``'s (the notebook widget where ipywidgets is installed), cleared when done, for a notebook."""
+    ``tqdm.auto``'s (the notebook widget where ipywidgets is installed), cleared when done, for a notebook.
+
+    A bar only goes forward. A command's work can run in stages that report through one callback, each
+    from 0 to its own total (a pass over the images, then the tree); a report that starts over (a new
+    total, or fewer done than shown) finishes the current bar where it stands and opens the next one,
+    named by ``stages`` ((name, unit) in order: "cluster: tree") or else numbered ("cluster (2)").
+    """
     if notebook:
         from tqdm.auto import tqdm
         options = {"leave": False}
@@ -181,12 +189,28 @@ def progress_bar(desc: str, unit: str, notebook: bool = False) -> Iterator[Calla
         from tqdm import tqdm
         options = {"file": sys.stderr}
 
-    with tqdm(unit=unit, desc=desc, **options) as bar:
-        def progress(done: int, total: int) -> None:
-            if bar.total != total:
-                bar.total = total
-            bar.update(done - bar.n)
+    def stage_bar(index: int):
+        if index < len(stages):
+            name, stage_unit = stages[index]
+            return tqdm(unit=stage_unit, desc=f"{desc}: {name}", **options)
+        return tqdm(unit=unit, desc=desc if index == 0 else f"{desc} ({index + 1})", **options)
+
+    current = {"index": 0, "bar": stage_bar(0)}
+
+    def progress(done: int, total: int) -> None:
+        bar = current["bar"]
+        if bar.total is not None and (total != bar.total or done < bar.n):   # the next stage began
+            bar.close()
+            current["index"] += 1
+            bar = current["bar"] = stage_bar(current["index"])
+        if bar.total != total:
+            bar.total = total
+        bar.update(max(0, done - bar.n))
+
+    try:
         yield progress
+    finally:
+        current["bar"].close()
 
 
 def workspace_from_args(args: argparse.Namespace, dataset, batch_size: int = 256,
@@ -219,11 +243,35 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"input={'x'.join(map(str, loaded.input_shape))}")
     for note in loaded.notes:
         print(f"note: {note}")
-    width = max(len("  " * r.depth + r.name) for r in table.itertuples())
-    print(f"{'module':<{width}}  {'type':<22} {'output':<16} {'params':>12}")
-    for r in table.itertuples():
-        print(f"{'  ' * r.depth + r.name:<{width}}  {r.type:<22} {r.output_shape:<16} {r.params:>12,}")
+    rows = [("  " * r.depth + r.name, str(r.type), str(r.output_shape), f"{r.params:,}") for r in table.itertuples()]
+    for line in aligned_table(("module", "type", "output", "params"), rows, INFO_COLUMN_LIMITS, right=(3,)):
+        print(line)
     return 0
+
+
+INFO_COLUMN_LIMITS = (64, 40, 28, 20)   # a longer cell is cut, with an ellipsis, so the columns stay aligned
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis in the middle (both ends of a dotted module
+    name or a class name say the most); leading indentation is kept."""
+    if len(text) <= width:
+        return text
+    body = text.lstrip(" ")
+    indent = text[:len(text) - len(body)][:max(0, width - 8)]
+    room = width - len(indent) - 1
+    head = (room + 1) // 2
+    return indent + body[:head] + "…" + body[len(body) - (room - head):]
+
+
+def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]], limits: Sequence[int],
+                  right: Sequence[int] = ()) -> list[str]:
+    """Lines of a text table whose columns are as wide as their widest cell (cut to ``limits``), two
+    spaces apart; ``right`` names the right-aligned columns (numbers)."""
+    cells = [[clip(str(c), limit) for c, limit in zip(row, limits)] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+            for row in cells]
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -242,7 +290,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
         else None
     print(f"wrote {args.output}: {len(dataset)} images, layers {', '.join(args.layers) or '(outputs only)'}"
           + (f", accuracy {acc:.4f}" if acc is not None else ""))
+    report_chance(workspace)
     return 0
+
+
+def report_chance(workspace) -> None:
+    """On stderr, one line when the accuracy is at chance (``class_stats.chance_hint``): check the preprocessing."""
+    if workspace.chance_note:
+        print(f"hint: {workspace.chance_note}", file=sys.stderr)
 
 
 def report_left_out(workspace) -> None:
@@ -264,7 +319,7 @@ def cmd_paths(args: argparse.Namespace) -> int:
 
     workspace = workspace_from_args(args, dataset_from_args(args))
     settings = PathSettings(images=args.images, samples=args.samples)
-    with progress_bar("residual paths", "pass") as progress:
+    with progress_bar("residual paths", "pass", stages=(("images", "img"), ("passes", "pass"))) as progress:
         report = workspace.residual_paths(args.units, settings, progress)
     report_left_out(workspace)
     args.output.mkdir(parents=True, exist_ok=True)
@@ -328,7 +383,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise NetatlasError("--exact-threshold must be >= 1, --micro-size >= 2 and -k between 1 and 1000")
     workspace = workspace_from_args(args, dataset_from_args(args))
     settings = TreeSettings(exact_threshold=args.exact_threshold, micro_size=args.micro_size)
-    with progress_bar("cluster", "step") as progress:
+    with progress_bar("cluster", "step", stages=(("images", "img"), ("tree", "step"))) as progress:
         tree = workspace.cluster_tree(args.layer, args.reduction, settings, progress)
     dataset = workspace.dataset
     report_left_out(workspace)
@@ -336,6 +391,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     print(f"{meta['method']} tree of {tree.n_images:,} images on {meta.get('layer') or 'the outputs'} "
           f"({meta['dims']} dims) in {meta['seconds']:.2f} s"
           + (f", {meta['micro_clusters']:,} micro-clusters" if meta["micro_clusters"] else ""))
+    report_chance(workspace)                  # the root's accuracy is the dataset's
     scored = workspace.predicts and dataset.labeled
     print(f"{'node':>8} {'images':>8}" + (f" {'accuracy':>9}" if scored else "")
           + f" {'height':>10}  majority class         medoid")
@@ -364,7 +420,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with contextlib.ExitStack() as resources:
         workspace = workspace_from_args(args, dataset_from_args(args), resources=resources)
-        progress = resources.enter_context(progress_bar("embed", "img"))   # after the model opened (or failed)
+        progress = resources.enter_context(   # after the model opened (or failed)
+            progress_bar("embed", "img", stages=(("images", "img"), ("map", "img"))))
         workspace.representation(args.layer, args.reduction, progress)  # the pass finds the readable images,
         dataset = workspace.dataset                                      # whose count sets the default seed
         seed = default_seed(len(dataset)) if args.seed is None else None if args.seed < 0 else args.seed

@@ -9,10 +9,13 @@ once in the served page); it then hands the view object itself, which a notebook
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import re
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Sequence
+from typing import Any, Callable, Coroutine, Iterator, Sequence, TypeVar
 
 import pandas as pd
 import panel as pn
@@ -20,7 +23,7 @@ import panel as pn
 from netatlas.app.config import AppConfig
 from netatlas.app.neurons_view import LOGITS
 from netatlas.app.page import build_views, load_extensions, view_tabs
-from netatlas.app.state import ERROR, AppState, left_out_message
+from netatlas.app.state import AppState, left_out_message
 from netatlas.backend.activations import Reduction
 from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import load_checkpoint
@@ -33,9 +36,51 @@ from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.residual.paths import PathSettings
 from netatlas.backend.roots import AllowedRoots
 from netatlas.backend.workspace import Workspace
-from netatlas.cli import progress_bar
+
+F = TypeVar("F", bound=Callable[..., Any])
+# The backend's and the page's hints name CLI flags and sidebar fields; in a notebook they name the arguments
+# of na.open, na.kan and the Atlas methods instead. Longest first: a phrase before the flags inside it.
+NOTEBOOK_WORDS: list[tuple[str, str]] = [
+    (r"\(--size/--grayscale, the sidecar's preprocessing, or the page's Preprocessing fields\)",
+     "(na.open(..., preprocessing=Preprocessing(size=..., grayscale=...)), or the sidecar's preprocessing)"),
+    (r" \(in the app: tick 'Trust pickled code'\)", ""),
+    (r"--arch-kwargs '(\{[^']*\})'", r"arch_kwargs=\1"),
+    (r"--arch-kwargs", "arch_kwargs="),
+    (r"--arch(?![\w-])", "arch="),
+    (r"--trust-pickle", "trust_pickle=True"),
+    (r"--image-column NAME", 'image_column="NAME"'),
+    (r"--image-column", "image_column="),
+    (r"--label-column", "label_column="),
+    (r"--device (\w+)", r'device="\1"'),
+    (r"--device", "device="),
+    (r"--method (\w+)", r'method="\1"'),
+    (r"--family", "family="),
+    (r"--(size|grayscale|mean|std)(?![\w-])", r"preprocessing=Preprocessing(\1=...)"),
+]
 
 
+def notebook_words(message: str) -> str:
+    """``message`` with the CLI flags and page fields it names replaced by the notebook's own arguments."""
+    for pattern, replacement in NOTEBOOK_WORDS:
+        message = re.sub(pattern, replacement, message)
+    return message
+
+
+def _notebook_errors(function: F) -> F:
+    """Raise the NetatlasErrors of ``function`` in the notebook's words (its arguments, not CLI flags)."""
+    @functools.wraps(function)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except NetatlasError as exc:
+            words = notebook_words(str(exc))
+            if words == str(exc):
+                raise
+            raise NetatlasError(words) from exc.__cause__
+    return wrapped  # type: ignore[return-value]
+
+
+@_notebook_errors
 def open(checkpoint: str | Path = "demo", data: str | Path = "demo", arch: str | None = None,  # noqa: A001
          arch_kwargs: dict[str, Any] | None = None, *, trust_pickle: bool = False, device: str = "auto",
          cache_dir: str | Path | None = None, preprocessing: Preprocessing | None = None,
@@ -55,6 +100,7 @@ def open(checkpoint: str | Path = "demo", data: str | Path = "demo", arch: str |
     return Atlas(workspace, config)
 
 
+@_notebook_errors
 def kan(checkpoint: str | Path = "demo", sample: str | Path | None = None, family: str | None = None,
         *, trust_pickle: bool = False) -> Any:
     """The KAN view on ``checkpoint`` ("demo": the shipped pykan KAN), opened and drawn; a pickled
@@ -65,7 +111,7 @@ def kan(checkpoint: str | Path = "demo", sample: str | Path | None = None, famil
     roots = [assets_dir(), path.parent] + ([Path(sample).resolve().parent] if sample else [])
     load_extensions()
     state = AppState(AppConfig(roots=AllowedRoots.of(*roots), trust_pickle=trust_pickle))
-    view = build_views(state)["KAN"]
+    view = _notebook_views(state)["KAN"]
     view.checkpoint.value = str(path)
     if sample is not None:
         view.sample.value = str(Path(sample).resolve())
@@ -82,7 +128,7 @@ class Atlas:
         load_extensions()
         self.workspace = workspace
         self.state = AppState(config)
-        self.views = build_views(self.state)
+        self.views = _notebook_views(self.state)
         _checked(self.state, lambda: setattr(self.state, "workspace", workspace))   # as on the page's Load
 
     def __repr__(self) -> str:
@@ -91,9 +137,10 @@ class Atlas:
                 f"{len(dataset):,} images)")
 
     # ---- results ---------------------------------------------------------------------------------
+    @_notebook_errors
     def activations(self, layers: Sequence[str] = (), reduction: Reduction = "mean") -> pd.DataFrame:
         """One row per image: index, id, label, prediction, logits and one vector column per layer."""
-        with progress_bar("activations", "img", notebook=True) as progress:
+        with _progress_bar("activations", "img") as progress:
             acts = self.workspace.activations(list(layers), reduction, progress)
         self._tell_left_out()
         return self.workspace.table(acts).to_pandas()
@@ -108,6 +155,7 @@ class Atlas:
         """The module tree with output shapes and parameter counts."""
         return self.views["Model"]
 
+    @_notebook_errors
     def neurons(self, layer: str | None = None, unit: int = 0) -> Any:
         """Top and bottom images and the histogram of one unit (``layer`` "": the logits)."""
         view = self.views["Neurons"]
@@ -118,6 +166,7 @@ class Atlas:
         _checked(self.state, view._on_layer)
         return view
 
+    @_notebook_errors
     def facets(self, layer: str, unit: int, k: int = 4, steps: int = 200) -> Any:
         """One synthetic image per facet of what the unit detects, beside its exemplars."""
         view = self.neurons(layer, unit).facets
@@ -126,19 +175,21 @@ class Atlas:
         _checked(self.state, view._on_run)
         return view
 
+    @_notebook_errors
     def dendromap(self, layer: str | None = None) -> Any:
         """The zoomable treemap of the images' hierarchical clusters (``layer`` "": the logits)."""
         view = self.views["DendroMap"]
         if layer is not None:
             view.layer.value = layer or LOGITS
         name = self._layer_name(view)
-        with progress_bar("clustering", "step", notebook=True) as progress:
+        with _progress_bar("clustering", "step") as progress:
             tree = self.workspace.cluster_tree(name, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
         view.show(tree, vectors, acts.predictions)
         view.shown = True
         return view
 
+    @_notebook_errors
     def map(self, color: str = "class", method: str = "umap", layer: str | None = None) -> Any:
         """The datashader embedding map: ``color`` class, predicted, correct, cluster, value or density
         (predicted and correct only for a model with predictions)."""
@@ -156,13 +207,14 @@ class Atlas:
             view.layer.value = layer or LOGITS
         name = self._layer_name(view)
         settings = EmbedSettings(method=METHODS[view.method.value], seed=default_seed(len(self.workspace.dataset)))
-        with progress_bar("mapping", "step", notebook=True) as progress:
+        with _progress_bar("mapping", "step") as progress:
             embedding = self.workspace.embedding(name, settings=settings, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
         view.show(embedding, vectors, acts.predictions)
         view.shown = True
         return view
 
+    @_notebook_errors
     def diagram(self, fold_depth: int | None = None) -> Any:
         """The neural circuit diagram; ``.save("fig.pdf")`` writes it (.svg .pdf .png .tex)."""
         view = self.views["Diagram"]
@@ -172,6 +224,7 @@ class Atlas:
         view.shown = True
         return view
 
+    @_notebook_errors
     def residual(self, units: Sequence[str] | None = None, images: int = 256, samples: int = 8) -> Any:
         """Residual-expansion path plots: paths by length, gradient per length, orders, lesions."""
         view = self.views["Residual"]
@@ -190,7 +243,7 @@ class Atlas:
     # ---- helpers ---------------------------------------------------------------------------------
     def _warm(self, compute: Callable[[Callable[[int, int], None]], Any]) -> None:
         """Compute into the cache here, with a progress bar; the view then reads it at once."""
-        with progress_bar("computing", "step", notebook=True) as progress:
+        with _progress_bar("computing", "step") as progress:
             compute(progress)
         self._tell_left_out()
 
@@ -217,12 +270,48 @@ def _label_of(options: dict[str, str], value: str, what: str) -> str:
 
 
 def _checked(state: AppState, work: Callable[[], Coroutine | None]) -> None:
-    """``_run(work)``, raising what the page would have shown as an error (views report through the state)."""
-    state.status.object = ""
+    """``_run(work)``, raising what the page would have shown as an error (views report through the state),
+    in the notebook's words."""
+    state.status.object, state.last_error = "", None
     _run(work)
-    message = state.status.object
-    if message.startswith(ERROR):
-        raise NetatlasError(message[len(ERROR):].strip())
+    if state.last_error is not None:
+        raise NetatlasError(notebook_words(state.last_error))
+
+
+def _notebook_views(state: AppState) -> dict[str, Any]:
+    """The page's views for cells, not tabs (their texts say "view"). Building them lists the KAN checkpoints
+    under the notebook's folders (those of its checkpoint and data), which opens every state_dict there with
+    the safe unpickler: a file pickled with protocol 4 (not torch's 2) made torch warn on each na.open."""
+    state.tabs = False
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return build_views(state)
+
+
+@contextlib.contextmanager
+def _progress_bar(desc: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A tqdm bar (``tqdm.auto``: the notebook widget where ipywidgets is installed), cleared when done, that
+    appears only once work is under way: a result read from the cache (no callback, or one that reports it
+    complete at once) prints no empty bar."""
+    from tqdm.auto import tqdm
+
+    bars: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            if done >= total:                  # read, not computed: nothing to watch
+                return
+            bars.append(tqdm(unit=unit, desc=desc, leave=False))
+        bar = bars[0]
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        yield progress
+    finally:
+        for bar in bars:
+            bar.close()
 
 
 def _run(work: Callable[[], Coroutine | None]) -> None:

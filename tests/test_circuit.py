@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -204,6 +205,34 @@ def test_png_dpi_scales_the_image():
     view = trace_circuit(mlp(), torch.zeros(1, 8, 8)).view()
     low, high = png_width(render(view, "png", dpi=72)), png_width(render(view, "png", dpi=144))
     assert abs(high / low - 2) < 0.05
+
+
+def test_wide_diagram_wraps_into_rows_at_one_scale_cut_between_nodes():
+    import re
+
+    from netatlas.viz.circuit import _node_spans, scrolling_svg, wrapped_svg
+
+    view = trace_circuit(DemoResNet(), torch.zeros(1, 1, 28, 28)).view()
+    svg = render(view, "svg").decode()
+    width = float(re.search(r'viewBox="[-\d.]+ [-\d.]+ ([\d.]+)', svg).group(1))
+    assert width > 3000                                         # the demo: a long strip
+    html = wrapped_svg(svg, row_units=1000, overlap=20)
+    rows = re.findall(r'<svg class="na-diagram-row" viewBox="([-\d.]+) ([-\d.]+) ([\d.]+) ([\d.]+)"[^>]*'
+                      r'width:([\d.]+)%', html)
+    assert len(rows) == int(np.ceil(width / 1000))
+    starts = [float(r[0]) for r in rows]
+    widths = [float(r[2]) for r in rows]
+    css = [float(r[4]) for r in rows]
+    assert starts == sorted(starts) and starts[0] <= 0.0 + 1e-6
+    assert abs(starts[-1] + widths[-1] - width) < 0.5          # together they cover the whole drawing
+    assert max(css) == 100 and np.allclose(np.array(css) / np.array(widths), 100 / max(widths))   # one scale
+    spans = _node_spans(svg)
+    for start in starts[1:]:                                    # each cut (the row's start + overlap)
+        cut = start + 20
+        assert not any(a < cut < b for a, b in spans)
+    assert "na-diagram-scroll" in scrolling_svg(svg) and "overflow:auto" in scrolling_svg(svg)
+    narrow = render(trace_circuit(mlp(), torch.zeros(1, 8, 8)).view(), "svg", DiagramStyle(layout="TB")).decode()
+    assert wrapped_svg(narrow).count("<svg") == 1              # a narrow diagram is drawn once
 
 
 def test_tikz_of_a_real_diagram_compiles(tmp_path):

@@ -559,8 +559,9 @@ def test_exact_mode_reports_progress_and_stops_when_it_raises():
     x = random_points(2500, 8, seed=21)
     calls: list[tuple[int, int]] = []
     build_cluster_tree(x, progress=lambda done, total: calls.append((done, total)))
-    done = len(x) - 1                             # both phases count n - 1 steps: distance rows, merges
-    assert calls.count((done, done)) == 2 and all(0 < d <= t == done for d, t in calls)
+    total = 2 * (len(x) - 1)                      # two stages of n - 1 steps (distance rows, merges) as one count
+    assert calls[-1] == (total, total) and (len(x) - 1, total) in calls and len(calls) > 3
+    assert all(0 <= d <= t == total for d, t in calls) and [d for d, _ in calls] == sorted(d for d, _ in calls)
 
     class Stop(Exception):
         pass

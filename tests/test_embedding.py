@@ -118,12 +118,34 @@ def test_legends_name_every_present_category_and_the_value_span():
     assert "-2" in legend_html(points, "value") and "5" in legend_html(points, "value")
 
 
-def test_map_png_is_a_picture_of_the_points():
-    png = map_png(random_points(3_000), "class", 120, 100)
+def test_map_png_is_a_picture_of_the_points_with_axes_and_a_legend():
     import io
 
+    from netatlas.viz.embedding import map_figure
+
+    points = random_points(3_000)
+    png = map_png(points, "class", 120, 100)
     image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-    assert image.shape == (100, 120, 3) and (image < 250).any()
+    assert image.shape[0] > 100 + 40 and image.shape[1] > 120 + 150 and (image < 250).any()   # room for both
+    figure = map_figure(points, "class", 120, 100)
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "map 1" and axes.get_ylabel() == "map 2"
+    assert len(axes.get_xticks()) >= 2 and len(axes.get_yticks()) >= 2
+    counts = points.frame["class"].value_counts()
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == [f"{name} ({counts[name]:,})" for name in points.categories["class"] if counts[name]]
+    assert axes.get_legend().get_title().get_text() == "true class"
+    # the legend's colours are the map's
+    colors = [tuple(np.round(np.array(h.get_facecolor()[:3]) * 255).astype(int))
+              for h in axes.get_legend().legend_handles]
+    from matplotlib.colors import to_rgb
+    expected = [tuple(np.round(np.array(to_rgb(c)) * 255).astype(int))
+                for name, c in __import__("netatlas.viz.embedding", fromlist=["x"]).category_colors(points, "class").items()
+                if counts[name]]
+    assert colors == expected
+    points.set_values(np.linspace(-2, 5, len(points)))
+    bar = map_figure(points, "value", 120, 100).axes[1]       # values: a colour bar on their span
+    assert bar.get_ylim() == pytest.approx((-2, 5))
 
 
 # ----------------------------------------------------------------------------- the maps
@@ -283,7 +305,8 @@ def test_cli_embed_writes_the_table_and_a_picture(tmp_path, capsys):
                  "-o", str(out), "--png", str(png)]) == 0
     table = pq.read_table(out).to_pandas()
     assert len(table) == 5000 and {"id", "label", "prediction", "x", "y", "fitted"} <= set(table.columns)
-    assert Image.open(png).size == (800, 800)
+    width, height = Image.open(png).size                  # an 800 x 800 map with axes and a legend around it
+    assert width > 800 + 150 and height > 800 + 40
     assert "pca map of 5,000 images" in capsys.readouterr().out
 
 

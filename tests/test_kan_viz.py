@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import holoviews as hv
-from bokeh.models import HoverTool
+from bokeh.models import HoverTool, Legend, VArea, WheelZoomTool
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,6 +17,7 @@ from netatlas.backend.kan.base import EdgeLayer, KANNetwork, Part, edge_importan
 from netatlas.backend.errors import NetatlasError
 from netatlas.viz import kan as figures
 from netatlas.viz.styling import export
+from tests.backend_support import run_coroutine
 
 KNOTS = np.linspace(-2.0, 2.0, 6)
 
@@ -101,15 +104,20 @@ def style(element: hv.Element, backend: str) -> dict:
     return hv.Store.lookup_options(backend, element, "style").kwargs
 
 
-def background(panel: hv.Overlay) -> hv.Curve:
-    """The histogram outline and knot ticks: the one curve with a count column."""
-    (curve,) = [c for c in elements(panel, hv.Curve) if "count" in c]
+def histogram(panel: hv.Overlay) -> hv.Area:
+    """The inputs' histogram: a filled strip of its own below the curve."""
+    (area,) = [a for a in elements(panel, hv.Area) if a.group == "Inputs"]
+    return area
+
+
+def knots(panel: hv.Overlay) -> hv.Curve:
+    (curve,) = [c for c in elements(panel, hv.Curve) if c.group == "Knots"]
     return curve
 
 
 def lines(panel: hv.Overlay) -> list[hv.Curve]:
     """The edge's own curves: total, parts, fit."""
-    return [c for c in elements(panel, hv.Curve) if "count" not in c]
+    return [c for c in elements(panel, hv.Curve) if c.group not in ("Knots", "Inputs")]   # an Area is a Curve
 
 
 def test_toy_layer_is_a_kan_layer(layer, sample):
@@ -168,19 +176,37 @@ def test_curve_panels_draw_the_edge_functions(layer, sample):
 
 def test_histogram_and_knots_behind_each_curve(layer, sample):
     panel = figures.edge_curves(layer, [(2, 0)], sample, bins=12).values()[0]
-    x, y, count = (background(panel).dimension_values(d) for d in ("x", "phi", "count"))
+    area = histogram(panel)
+    x, tops, floor, count = (area.dimension_values(d) for d in range(4))
     data = sample[:, 2].numpy()
     counts, edges = np.histogram(data, bins=12, range=(min(-2, data.min()), max(2, data.max())))
-    ticks, outline = slice(0, -(2 * 12 + 2)), slice(-(2 * 12 + 2), None)   # the ticks, then a step outline
-    assert np.array_equal(count[outline][1:-1:2], counts)
-    assert np.allclose(x[outline], np.repeat(edges, 2), atol=1e-5)
+    assert np.array_equal(count[::2], counts) and np.array_equal(count[1::2], counts)   # a step per bin
+    assert (count >= 0).all()                                                  # a distribution: never below 0
+    assert np.allclose(x, np.repeat(edges, 2)[1:-1], atol=1e-5)
     phi = lines(panel)[0].dimension_values(1)
-    base, tops = y[outline][0], y[outline][1:-1:2]
-    assert base == phi.min() and y[outline][-1] == base and np.isclose(tops.max(), phi.max())
-    assert np.allclose((tops - base) / (tops.max() - base), counts / counts.max())
-    tick_x, tick_y = x[ticks].reshape(-1, 3), y[ticks].reshape(-1, 3)   # (k, below), (k, base), break
+    low, high = phi.min(), phi.max()
+    span = high - low
+    # its own strip below the curve: the floor flat, every bar between the floor and the strip's top,
+    # which lies below the knot ticks, which lie below the curve: nothing of it reads as a phi value
+    assert np.allclose(floor, low - 0.42 * span) and (tops >= floor).all()
+    assert np.isclose(tops.max(), low - 0.12 * span) and tops.max() < low - 0.06 * span
+    assert np.allclose((tops - floor) / (tops.max() - floor[0]), count / counts.max())
+    tick_x, tick_y = (knots(panel).dimension_values(d).reshape(-1, 3) for d in (0, 1))   # (k, below), (k, low)
     assert np.allclose(tick_x[:, 0], KNOTS) and np.allclose(tick_x[:, 1], KNOTS) and np.isnan(tick_x[:, 2]).all()
-    assert np.allclose(tick_y[:, 0], base - 0.06 * (phi.max() - base)) and np.allclose(tick_y[:, 1], base)
+    assert np.allclose(tick_y[:, 0], low - 0.06 * span) and np.allclose(tick_y[:, 1], low)
+    # the phi axis ticks stay on the curve's range, never on the strip
+    for backend in ("bokeh", "matplotlib"):
+        options = hv.Store.lookup_options(backend, panel, "plot").kwargs
+        assert all(low - 1e-9 <= t <= high + 1e-9 for t in options["yticks"]) and len(options["yticks"]) >= 2
+        assert options["ylim"][0] < floor[0] and options["ylim"][1] > high
+    assert style(area, "bokeh")["line_alpha"] == 0 and style(area, "matplotlib")["linewidth"] == 0
+
+
+def test_no_sample_draws_an_empty_strip(layer):
+    panel = figures.edge_curves(layer, [(0, 0)]).values()[0]
+    assert len(histogram(panel)) == 0
+    figures.bokeh_small_multiples(figures.edge_curves(layer, [(0, 0)]))
+    export(figures.edge_curves(layer, [(0, 0)]), Path(tempfile.mkdtemp()) / "curves.svg", dpi=60)
 
 
 def test_symbolic_fit_is_dashed_over_the_curve(layer, sample):
@@ -207,10 +233,10 @@ def test_other_variables_name_the_axis():
     assert np.isclose(t[0], -edge) and np.isclose(t[-1], edge)
     assert np.allclose(base.dimension_values(1), layer.w[1, 0] * np.sin(t), atol=1e-5)
     assert np.allclose(spline.dimension_values(1), layer.v[1, 0] * t ** 2, atol=1e-5)
-    count = background(panel).dimension_values("count")[-(2 * 10 + 2):]
+    count = histogram(panel).dimension_values("count")
     squashed = torch.tanh(x[:, 1]).numpy()
     counts = np.histogram(squashed, bins=10, range=(min(-0.5, squashed.min()), max(0.5, squashed.max())))[0]
-    assert np.array_equal(count[1:-1:2], counts)
+    assert np.array_equal(count[::2], counts)
     squashed_only = AllSquashed(2, 2)
     assert lines(figures.edge_curves(squashed_only, [(0, 0)]).values()[0])[0].kdims[0].label == "tanh(x)"
     assert set(figures.curve_table(squashed_only, [(0, 0)], points=5)["variable"]) == {"tanh(x)"}
@@ -337,12 +363,21 @@ def test_the_page_draws_the_same_small_multiples_with_bokeh(layer, sample):
     plots = [plot for plot, _row, _col in grid.children]
     assert [p.title.text for p in plots] == ["phi[0](1 -> 2)", "phi[0](0 -> 1), symbolic: sin"]
     for plot, panel, (i, j) in zip(plots, figure.values(), [(1, 2), (0, 1)]):
-        drawn = {r.glyph.line_color: r for r in plot.renderers}
-        assert len(drawn) == len(panel.values())                       # background, total, base (, fit)
-        for curve in panel.values():
+        (strip,) = [r for r in plot.renderers if isinstance(r.glyph, VArea)]
+        drawn = {r.glyph.line_color: r for r in plot.renderers if r is not strip}
+        assert len(drawn) + 1 == len(panel.values())                   # histogram, knots, total, base (, fit)
+        area = histogram(panel)
+        for name, d in (("x", 0), ("y2", 1), ("y1", 2)):
+            np.testing.assert_array_equal(strip.data_source.data[name], area.dimension_values(d))
+        for curve in [knots(panel), *lines(panel)]:
             line = drawn[figures._LINES[curve.group][0]].data_source.data
             np.testing.assert_array_equal(line["x"], curve.dimension_values(0))
             np.testing.assert_array_equal(line["y"], curve.dimension_values(1))
+        options = hv.Store.lookup_options("bokeh", panel, "plot").kwargs     # the same axes as the files
+        assert (plot.y_range.start, plot.y_range.end) == options["ylim"]
+        assert plot.yaxis[0].ticker.ticks == options["yticks"]
+        # the wheel scrolls the page: wheel zoom in the toolbar, not active
+        assert plot.toolbar.active_scroll is None and any(isinstance(t, WheelZoomTool) for t in plot.tools)
         total = next(c for c in panel.values() if c.label == "total")
         x = total.dimension_values(0)
         assert np.allclose(total.dimension_values(1), layer.closed_form(i, j, x, "total"), atol=1e-5)
@@ -351,6 +386,11 @@ def test_the_page_draws_the_same_small_multiples_with_bokeh(layer, sample):
         assert [r.glyph.line_color for r in hovered] == [figures._LINES[total.group][0]]
     fit = drawn[figures.COLORS["fit"]]
     assert fit.glyph.line_dash == [6] or fit.glyph.line_dash == "dashed"
+    # the legend (total, base, the fit) sits below the panel, never over the curves
+    assert not [r for r in plots[1].center if isinstance(r, Legend)]
+    (legend,) = [r for r in plots[1].below if isinstance(r, Legend)]
+    assert [item.label.value for item in legend.items] == ["total", "base", "1.5*sin(x)"]
+    assert grid.toolbar.active_scroll is None
 
 
 # ----------------------------------------------------------------------------- defined numbers only
@@ -395,3 +435,69 @@ def test_one_input_sample_is_replaced_for_importance_and_said_so():
     uniform = analyze(net, None)
     for ours, theirs in zip(analysis.importance, uniform.importance):
         np.testing.assert_allclose(ours.numpy(), theirs.numpy())
+
+
+# ----------------------------------------------------------------------------- what the page shows
+
+def test_heatmap_ticks_are_edge_indices_and_its_title_fits(layer, sample):
+    importance = edge_importance(layer, sample).numpy()                # 4 outputs x 3 inputs
+    heatmap = figures.importance_heatmap(importance, "layer 0 (act_fun.0: 2 -> 1)")
+    plot = hv.renderer("bokeh").get_plot(heatmap).state
+    assert plot.xaxis[0].ticker.ticks == [0, 1, 2] and plot.yaxis[0].ticker.ticks == [0, 1, 2, 3]
+    assert plot.title.text == "Edge importance, layer 0 (act_fun.0: 2 -> 1)"
+    assert plot.toolbar.active_scroll is None and any(isinstance(t, WheelZoomTool) for t in plot.tools)
+    wide = figures.importance_heatmap(np.zeros((64, 100)), "a.very.long.module.path.inside.a.model (100 -> 64)")
+    options = hv.Store.lookup_options("bokeh", wide, "plot").kwargs
+    assert len(options["xticks"]) <= 10 and all(isinstance(t, int) for t in options["xticks"] + options["yticks"])
+    assert len(options["title"]) <= 48 and options["title"].endswith("…")
+    assert figures.integer_ticks(1) == [0] and figures.integer_ticks(25) == [0, 3, 6, 9, 12, 15, 18, 21, 24]
+
+
+def test_network_hover_names_the_edge_not_the_drawing(sample):
+    net = network(3, 4, 2)
+    importance = importances(net, net.layer_inputs(sample))
+    plot = hv.renderer("bokeh").get_plot(figures.network_figure(net, None, importance)).state
+    tips = [tool.tooltips for tool in plot.tools if isinstance(tool, HoverTool)]
+    assert figures.EDGE_TOOLTIPS in tips and figures.NODE_TOOLTIPS in tips
+    assert len(tips) == 2                                    # the boxes (edges) and the nodes; nothing else
+    shown = " ".join(f"{name} {value}" for tip in tips for name, value in tip)
+    for internal in ("x0", "y0", "x1", "y1", "alpha", "color"):
+        assert internal not in shown
+    assert dict(figures.EDGE_TOOLTIPS) == {"layer": "@{layer}", "edge": "input @{i} → output @{j}",
+                                            "importance": "@{importance}{0.000}"}
+    assert plot.toolbar.active_scroll is None and any(isinstance(t, WheelZoomTool) for t in plot.tools)
+
+
+def test_kan_tab_says_what_it_will_show_and_fits_every_drawn_edge_as_the_cli(tmp_path):
+    """Before Open: a placeholder and no download; after: the drawing; Suggest formula fits every drawn
+    edge, with the formulas ``netatlas kan --suggest`` finds for the same edges."""
+    import csv
+
+    from netatlas.app.config import AppConfig
+    from netatlas.app.kan_view import KANView
+    from netatlas.app.state import AppState
+    from netatlas.backend.demo import assets_dir
+    from netatlas.backend.roots import AllowedRoots
+    from netatlas.cli import main
+
+    view = KANView(AppState(AppConfig(roots=AllowedRoots.of(assets_dir()))))
+    assert view.placeholder.visible and "Open KAN" in view.placeholder.object
+    assert "about 2 s on the demo" in view.placeholder.object
+    assert all(b.disabled for b in (*view.downloads, view.csv, view.suggest_button))
+    assert not view.controls.visible and not view.edge_tools.visible     # no empty controls before Open
+    run_coroutine(view._on_open())
+    assert view.analysis is not None and not view.placeholder.visible
+    assert view.controls.visible and view.edge_tools.visible
+    assert not any(b.disabled for b in (*view.downloads, view.csv, view.suggest_button))
+
+    for layer in (0, 1):
+        view.layer.value = layer
+        drawn = view.edges()
+        run_coroutine(view._on_suggest())
+        assert {(i, j) for (l, i, j) in view.fits if l == layer} == set(drawn)
+        for i, j in drawn:
+            assert f"| {i} → {j} | `{view.fits[(layer, i, j)].expression()}`" in view.formulas.object
+    assert main(["kan", "demo", "-o", str(tmp_path), "--suggest", "--format", "svg"]) == 0
+    best = {(int(r["layer"]), int(r["i"]), int(r["j"])): r["formula"]
+            for r in csv.DictReader((tmp_path / "formulas.csv").open(encoding="utf-8")) if r["rank"] == "1"}
+    assert best == {key: fit.expression() for key, fit in view.fits.items()}

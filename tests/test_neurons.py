@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from netatlas.backend.neurons import class_means, top_bottom, top_units
-from netatlas.viz.neurons import activation_histogram
+from netatlas.viz.neurons import activation_histogram, class_mean_bars
 
 
 def test_nan_activations_are_neither_top_nor_bottom():
@@ -76,3 +76,14 @@ def test_constant_unit_is_one_bar_at_its_value():
     edges, counts = histogram_data(overlay)
     np.testing.assert_allclose(edges, [-3.5, -2.5])
     np.testing.assert_array_equal(counts, [7])
+
+
+def test_unit_figures_keep_wheel_zoom_in_the_toolbar_but_off():
+    """The wheel over a Neurons plot scrolls the page (tests/browser/test_mouse.py moves the real mouse)."""
+    from bokeh.models import WheelZoomTool
+
+    means = pd.DataFrame({"class": ["a", "b"], "mean": [1.0, 2.0], "std": [0.1, 0.2], "count": [3, 4]})
+    for figure in (activation_histogram(np.arange(10.0), "h", marks={"p99": 8.0}), class_mean_bars(means, "m")):
+        toolbar = hv.render(figure, backend="bokeh").toolbar
+        assert any(isinstance(tool, WheelZoomTool) for tool in toolbar.tools)
+        assert not isinstance(toolbar.active_scroll, WheelZoomTool)     # "auto": no scroll tool is on

@@ -159,7 +159,7 @@ def test_dendromap_view_without_predictions(views):
     exported = pd.read_csv(io.BytesIO(view._export_csv().getvalue()))
     assert list(exported.columns) == ["index", "id", "label", "class", "cluster"] and len(exported) == len(ws.dataset)
     view.true_label.value = ws.dataset.classes[1]           # the filters that remain still work
-    assert view.data.hits.sum() == (ws.dataset.labels == 1).sum()
+    assert view.map_data.hits.sum() == (ws.dataset.labels == 1).sum()
     view.true_label.value = ANY
     run_coroutine(view.show_image(3))
     detail = visible_text(view.detail.object)
@@ -245,7 +245,7 @@ def test_a_dinov2_backbone_in_the_notebook_has_no_predictions_anywhere(tmp_path)
     assert neurons.predictions is None
     assert not said(visible_text(neurons.top.object)), said(visible_text(neurons.top.object))
     tree = atlas.dendromap()
-    assert "Accuracy" not in tree.color_by.options and tree.data.predictions is None
+    assert "Accuracy" not in tree.color_by.options and tree.map_data.predictions is None
     assert np.isnan(tree.tree.accuracy).all()
     assert not said(visible_text(tree.treemap.html) + tree.summary.object)
     points = atlas.map(color="class", method="pca")
@@ -253,6 +253,9 @@ def test_a_dinov2_backbone_in_the_notebook_has_no_predictions_anywhere(tmp_path)
     with pytest.raises(NetatlasError, match="needs predictions"):
         atlas.map(color="correct", method="pca")
     assert "prediction" not in atlas.activations().columns
+    # .data of each view: no prediction or accuracy column for a model that predicts nothing
+    columns = [*neurons.data["activations"].columns, *tree.data.columns, *points.data.columns]
+    assert not [c for c in columns if "predict" in c or "accuracy" in c], columns
 
 
 def test_undefined_values_read_as_words_not_nan():

@@ -8,12 +8,13 @@ import holoviews as hv
 import numpy as np
 import pytest
 import torch
-from bokeh.models import FactorRange
+from bokeh.models import FactorRange, Legend, WheelZoomTool
 from torchvision.models import VisionTransformer
 
 from netatlas.backend.residual.blocks import find_residual_units
 from netatlas.backend.residual.paths import PathSettings, analyze_paths
-from netatlas.viz.residual import lesion_curves, path_trio, residual_figures, unit_names, unit_statistics
+from netatlas.viz.residual import (LOG_FORMAT, MAX_LOG_TICKS, decade_axis, lesion_curves, path_trio, residual_figures,
+                                   unit_names, unit_statistics)
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +62,63 @@ def test_log_axes_leave_out_zero_values_and_say_so(vit_report, caplog):
     ys = [y for r in grad.renderers for name in ("y", "grad_mean") if name in r.data_source.data
           for y in r.data_source.data[name]]
     assert ys and min(ys) > 0 and len(ys) % (len(paths) - 2) == 0
+
+
+def test_log_axes_label_whole_decades_only():
+    assert decade_axis([7e-3, 6e-3, 5e-3]) == ((1e-3, 1e-2), [1e-3, 1e-2])    # within one decade: its two ends
+    assert decade_axis([1e-3, 0.2, np.nan, 0.0]) == ((1e-3, 1.0), [1e-3, 1e-2, 1e-1, 1.0])
+    (low, high), ticks = decade_axis([1e-14, 1.0])                          # 15 decades: every 3rd labelled
+    assert (low, high) == (1e-14, 1.0) and len(ticks) <= MAX_LOG_TICKS
+    assert np.allclose(np.diff(np.log10(ticks)), 3)
+
+
+def test_log_plots_have_few_readable_ticks_and_no_covered_curve(vit_report):
+    figures = residual_figures(vit_report)
+    trio = hv.render(figures["paths"])
+    orders = hv.render(figures["orders"])
+    for plot in (trio.children[1][0], trio.children[2][0], orders):
+        ticks = plot.yaxis[0].ticker.ticks
+        assert 2 <= len(ticks) <= MAX_LOG_TICKS
+        assert np.allclose(np.log10(ticks), np.round(np.log10(ticks)))       # decades only
+        assert plot.yaxis[0].formatter.format == LOG_FORMAT
+        assert plot.y_range.start <= min(ticks) and plot.y_range.end >= max(ticks)
+    # the order-k legend sits outside the plot area, beside it, never over the curves
+    assert not [r for r in orders.center if isinstance(r, Legend)]
+    assert [r for r in orders.right if isinstance(r, Legend)]
+
+
+def test_the_wheel_scrolls_the_page_over_every_residual_plot(vit_report):
+    plots = [p for figure in residual_figures(vit_report).values() for p in
+             (figure if isinstance(figure, hv.Layout) else [figure])]
+    assert len(plots) == 8
+    for figure in plots:
+        state = hv.render(figure)
+        assert state.toolbar.active_scroll is None
+        assert any(isinstance(t, WheelZoomTool) for t in state.tools)             # still in the toolbar
+
+
+def test_the_reorder_plot_shows_tau_1_whole(vit_report):
+    lesions = hv.render(lesion_curves(vit_report.lesions, vit_report.lesions_k, vit_report.reorder,
+                                      vit_report.meta))
+    reorder = lesions.children[2][0]
+    assert reorder.x_range.end >= 1.1 and reorder.x_range.start <= vit_report.reorder["tau"].min() - 0.1
+    assert reorder.y_range.end >= 1.05
+
+
+def test_residual_tab_says_what_compute_will_show_and_how_long(vit_report):
+    from netatlas.app.config import AppConfig
+    from netatlas.app.residual_view import ResidualView, placeholder_text
+    from netatlas.app.state import AppState
+
+    view = ResidualView(AppState(AppConfig()))
+    assert view.plots.objects == [view.placeholder]
+    text = placeholder_text(6, PathSettings())                      # the demo: 6 units, 256 images
+    assert "Nothing computed yet" in text and "four plots" in text and "exact over 2^6 branch masks" in text
+    assert "runs the model about 190 times" in text and "roughly 10 s" in text
+    assert "estimate only" in placeholder_text(20, PathSettings(images=64))
+    assert "choose at least one residual unit" in placeholder_text(0, PathSettings())
+    view.units.param.update(options=["a", "b", "c"], value=["a", "b", "c"])
+    view.images.value = 64
+    assert "With 3 units and 64 images" in view.placeholder.object
+    view.show(vit_report)
+    assert len(view.plots.objects) == 4 and view.placeholder not in view.plots.objects

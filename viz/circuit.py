@@ -10,6 +10,8 @@ them. Output: DOT, then SVG/PDF/PNG by Graphviz and TikZ by ``netatlas.viz.tikz`
 from __future__ import annotations
 
 import html
+import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,3 +213,101 @@ def export(view: CircuitView, path: str | Path, style: DiagramStyle | None = Non
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(render(view, path.suffix, style, dpi))
     return path
+
+
+# ----------------------------------------------------------------------------- on the page
+ROW_UNITS = 1000.0     # a wrapped row's width in SVG units (pt): at a ~1000 px pane, about natural size
+OVERLAP_UNITS = 24.0   # each row repeats this much of its neighbours' ends, so wires visibly continue
+_VIEWBOX = re.compile(r'viewBox="([-\d.]+) ([-\d.]+) ([-\d.]+) ([-\d.]+)"')
+_TRANSLATE = re.compile(r'class="graph" transform="[^"]*translate\(([-\d.]+) ([-\d.]+)\)"')
+_NODE = re.compile(r'<g id="[^"]*" class="node[^"]*">(.*?)</g>\s*</g>', re.S)
+
+
+def _node_spans(svg: str) -> list[tuple[float, float]]:
+    """Each node's horizontal extent in viewBox units (boxes, dots, labels), from Graphviz's SVG."""
+    shift = _TRANSLATE.search(svg)
+    dx = float(shift.group(1)) if shift else 0.0
+    spans = []
+    for body in _NODE.findall(svg):
+        xs = [float(x) for points in re.findall(r'points="([^"]*)"', body)
+              for x in re.findall(r'([-\d.]+),[-\d.]+', points)]
+        for cx, rx in re.findall(r'cx="([-\d.]+)"[^>]*rx="([-\d.]+)"', body):
+            xs += [float(cx) - float(rx), float(cx) + float(rx)]
+        xs += [float(x) for x in re.findall(r'<text[^>]* x="([-\d.]+)"', body)]
+        if xs:
+            spans.append((min(xs) + dx - 4, max(xs) + dx + 4))
+    return spans
+
+
+def _cuts(width: float, spans: list[tuple[float, float]], rows: int) -> list[float]:
+    """Where to cut ``width`` into ``rows`` rows: near equal shares, but between nodes, never through one."""
+    cuts = [0.0]
+    for k in range(1, rows):
+        target = width * k / rows
+        x = target
+        for _ in range(len(spans) + 1):         # step out of any node the cut falls in, rightward
+            inside = [end for start, end in spans if start < x < end]
+            if not inside:
+                break
+            x = max(inside) + 0.5
+        left = target
+        for _ in range(len(spans) + 1):         # ... or leftward, whichever is nearer
+            inside = [start for start, end in spans if start < left < end]
+            if not inside:
+                break
+            left = min(inside) - 0.5
+        x = left if target - left < x - target and left > cuts[-1] else x
+        if cuts[-1] < x < width:
+            cuts.append(x)
+    return cuts + [width]
+
+
+def wrapped_svg(svg: str, row_units: float = ROW_UNITS, overlap: float = OVERLAP_UNITS) -> str:
+    """Graphviz's SVG as HTML that fits any width at a readable scale: a diagram wider than ``row_units``
+    is cut between its nodes into rows, stacked like lines of text, each the same drawing seen through its
+    own viewBox and all at one scale (a row's CSS width is its share of the widest row); a narrow one
+    is drawn once, at most its natural size. Rows overlap by ``overlap`` units, so wires visibly go on."""
+    svg = svg[svg.index("<svg"):]
+    box = _VIEWBOX.search(svg)
+    if box is None:
+        return svg
+    x0, y0, width, height = map(float, box.groups())
+    natural = re.search(r'<svg width="([\d.]+)pt"', svg)
+    natural_px = float(natural.group(1)) * 4 / 3 if natural else width * 4 / 3
+    body = re.sub(r'^<svg width="[^"]*" height="[^"]*"\s*viewBox="[^"]*"', "<svg", svg)
+    if width <= row_units:
+        return ("<div class='na-diagram-rows'>" + body.replace(
+            "<svg", f'<svg viewBox="{x0} {y0} {width} {height}" '
+                    f'style="display:block;width:100%;max-width:{natural_px:.0f}px;height:auto"', 1) + "</div>")
+    rows = math.ceil(width / row_units)
+    cuts = _cuts(width, _node_spans(svg), rows)
+    spans = [(max(a - overlap, 0.0), min(b + overlap, width)) for a, b in zip(cuts, cuts[1:])]
+    widest = max(b - a for a, b in spans)
+    parts = []
+    for i, (a, b) in enumerate(spans):
+        border = "border-top:1px dashed #cbd5e1;" if i else ""
+        parts.append(body.replace(
+            "<svg", f'<svg class="na-diagram-row" viewBox="{x0 + a:.2f} {y0} {b - a:.2f} {height}" '
+                    f'preserveAspectRatio="xMinYMid meet" '
+                    f'style="display:block;width:{100 * (b - a) / widest:.3f}%;height:auto;{border}"', 1))
+    return f"<div class='na-diagram-rows'>{''.join(parts)}</div>"
+
+
+SCROLLBARS = ("<style>.na-diagram-scroll::-webkit-scrollbar{width:12px;height:12px}"
+              ".na-diagram-scroll::-webkit-scrollbar-track{background:#eef2f8}"
+              ".na-diagram-scroll::-webkit-scrollbar-thumb{background:#94a3b8;border-radius:6px;"
+              "border:2px solid #eef2f8}.na-diagram-scroll::-webkit-scrollbar-corner{background:#eef2f8}</style>")
+
+
+def scrolling_svg(svg: str) -> str:
+    """Graphviz's SVG at natural size in a box that scrolls both ways, its scrollbars styled so that they
+    always show (not overlay scrollbars that appear only while scrolling), and a line saying how wide
+    the diagram is and how to see the rest."""
+    svg = svg[svg.index("<svg"):]
+    box = _VIEWBOX.search(svg)
+    width = float(box.group(3)) * 4 / 3 if box else 0
+    return (f"{SCROLLBARS}<div class='na-diagram-hint' style='color:#6b7280;font-size:12px;margin:2px 0 4px'>"
+            f"Natural size, {width:,.0f} px wide: scroll sideways (the scrollbar below, or shift + wheel), "
+            "or tick <i>Fit to width</i> to wrap it into rows.</div>"
+            "<div class='na-diagram-scroll' style='overflow:auto;max-height:70vh;border:1px solid #e5e7eb'>"
+            f"{svg}</div>")

@@ -162,11 +162,14 @@ def _defined(value: float, color_by: str) -> str:
     return "none (no labelled image here)" if color_by == "accuracy" else "none (no value for these images)"
 
 
+IMAGE_HINT = "click to zoom in, the i in the corner for details"
+
+
 def image_title(data: MapData, index: int) -> str:
     """Tooltip of a thumbnail: id, label and (when the model predicts classes) prediction."""
     label = int(data.labels[index])
     if not data.has_predictions:
-        return f"{data.ids[index]} · label {data.class_name(label)} · click for details"
+        return f"{data.ids[index]} · label {data.class_name(label)} · {IMAGE_HINT}"
     pred = int(data.predictions[index])
     return (f"{data.ids[index]} · label {data.class_name(label)} · predicted {data.class_name(pred)}"
-            f"{' (wrong)' if data.wrong[index] else ''} · click for details")
+            f"{' (wrong)' if data.wrong[index] else ''} · {IMAGE_HINT}")

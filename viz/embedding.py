@@ -212,13 +212,63 @@ def _value_span(points: MapPoints) -> tuple[float, float]:
     return (lo, hi if hi > lo else lo + max(abs(lo), 1.0) * 1e-6)
 
 
-def map_png(points: MapPoints, color_by: ColorBy = "class", width: int = 800, height: int = 800) -> bytes:
-    """The whole map as a PNG (for the CLI and the README)."""
-    x0, y0, x1, y1 = points.bounds
-    image = shaded_view(points, color_by, (x0, x1), (y0, y1), width, height)
+def map_png(points: MapPoints, color_by: ColorBy = "class", width: int = 800, height: int = 800,
+            axis_label: str = "map", title: str = "") -> bytes:
+    """The whole map as a PNG (for the CLI and the README): ``map_figure`` saved."""
     out = io.BytesIO()
-    tf.set_background(image, "white").to_pil().save(out, format="PNG")
+    map_figure(points, color_by, width, height, axis_label, title).savefig(out, format="png")
     return out.getvalue()
+
+
+def map_figure(points: MapPoints, color_by: ColorBy = "class", width: int = 800, height: int = 800,
+               axis_label: str = "map", title: str = ""):
+    """The whole map as a matplotlib Figure: the datashader image, pixel for pixel,
+    ``width`` x ``height``, framed by axes in map units (``axis_label`` 1 and 2: "UMAP" gives UMAP 1 and
+    UMAP 2) and beside it the colouring's legend: each present category's colour, name and count, or a
+    colour bar for values and density. Drawn by matplotlib's Agg canvas (no pyplot: thread-safe)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    x0, y0, x1, y1 = points.bounds
+    image = tf.set_background(shaded_view(points, color_by, (x0, x1), (y0, y1), width, height), "white")
+    dpi, left, bottom, top, right = 100, 80, 60, 40 if title else 16, 230
+    figure = Figure(figsize=((left + width + right) / dpi, (bottom + height + top) / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    full_w, full_h = left + width + right, bottom + height + top
+    axes = figure.add_axes((left / full_w, bottom / full_h, width / full_w, height / full_h))
+    axes.imshow(_rgba(image), extent=(x0, x1, y0, y1), origin="upper", interpolation="nearest", aspect="auto")
+    axes.set_xlim(x0, x1)
+    axes.set_ylim(y0, y1)
+    axes.set_xlabel(f"{axis_label} 1")
+    axes.set_ylabel(f"{axis_label} 2")
+    if title:
+        axes.set_title(title)
+    if color_by in CATEGORICAL:
+        counts = points.frame[color_by].value_counts(sort=False)
+        handles = [Patch(facecolor=color, label=f"{name} ({int(counts.get(name, 0)):,})")
+                   for name, color in category_colors(points, color_by).items() if counts.get(name, 0)]
+        axes.legend(handles=handles, title=LEGEND_TITLES.get(color_by, color_by), loc="upper left",
+                    bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False,
+                    ncol=1 if len(handles) <= height // 22 else 2, fontsize="small")
+    else:
+        cmap = ListedColormap(VALUE_CMAP if color_by == "value" else DENSITY_CMAP)
+        lo, hi = _value_span(points) if color_by == "value" else (0.0, 1.0)
+        bar = figure.add_axes(((left + width + 20) / full_w, bottom / full_h, 16 / full_w, height / full_h))
+        scalar = ScalarMappable(norm=Normalize(lo, hi), cmap=cmap)
+        colorbar = figure.colorbar(scalar, cax=bar)
+        if color_by == "value":
+            colorbar.set_label("activation")
+        else:
+            colorbar.set_ticks([0, 1], labels=["few", "many"])
+            colorbar.set_label("images per pixel (histogram-equalized)")
+    return figure
+
+
+LEGEND_TITLES = {"class": "true class", "predicted": "predicted class", "correct": "prediction",
+                 "cluster": "cluster"}
 
 
 # ----------------------------------------------------------------------------- legends

@@ -16,14 +16,15 @@ import numpy as np
 import pandas as pd
 import torch
 from bokeh.layouts import GridPlot, gridplot
-from bokeh.models import HoverTool
+from bokeh.models import FixedTicker, HoverTool, Legend, LegendItem
 from bokeh.plotting import figure as bokeh_figure
 from holoviews import dim
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from netatlas.backend.kan.base import INPUT, EdgeLayer, KANNetwork
 from netatlas.backend.errors import NetatlasError
-from netatlas.viz.styling import styled
+from netatlas.viz.styling import PAGE_SCROLLS, styled
 
 BETA = 3.0              # pykan's plot(): alpha = tanh(beta * importance)
 MAX_EDGES = 32          # edges drawn per layer of the network; wider layers show only their top edges
@@ -34,6 +35,7 @@ _PX_X, _PX_LAYER = 720, 190          # network drawing: pixels per x unit and pe
 _BOX_FILL, _BOX_MAX = 0.85, 0.42     # share of a slot a curve box fills; its largest height (layers)
 _PHI = hv.Dimension("phi", label="phi")
 _TICK = 0.06            # knot ticks: their length below a curve panel, as a share of its height
+_STRIP = (0.12, 0.42)   # the inputs' histogram: a strip from 0.42 to 0.12 curve heights below the curve
 _FONTS_MPL = {"fontsize": {"title": 9, "labels": 8, "xticks": 7, "yticks": 7, "legend": 7}}
 
 
@@ -104,9 +106,23 @@ def importance_heatmap(importance: Tensor | np.ndarray, layer_name: str) -> hv.H
     heatmap = hv.HeatMap((i.ravel(), j.ravel(), scores.ravel()),
                          [hv.Dimension("i", label="input i"), hv.Dimension("j", label="output j")],
                          [hv.Dimension("importance")])
-    return styled(heatmap, {"cmap": "viridis", "colorbar": True, "title": f"Edge importance, {layer_name}"},
-                  {"tools": ["hover", "tap"], "width": 420, "height": 360},
+    ticks = {"xticks": integer_ticks(scores.shape[1]), "yticks": integer_ticks(scores.shape[0])}
+    return styled(heatmap, {"cmap": "viridis", "colorbar": True, "title": heatmap_title(layer_name), **ticks},
+                  {"tools": ["hover", "tap"], "width": 440, "height": 360, "fontsize": {"title": "9pt"},
+                   **PAGE_SCROLLS},
                   {"aspect": 1.2, "show_values": False, **_FONTS_MPL})
+
+
+def integer_ticks(n: int, most: int = 10) -> list[int]:
+    """Ticks for an axis of ``n`` integer indices (edge i or j): whole numbers only, at most ``most``."""
+    step = max(1, -(-n // most))
+    return list(range(0, n, step))
+
+
+def heatmap_title(layer_name: str, width: int = 48) -> str:
+    """The heatmap's title, short enough to fit over it: a long layer label is cut with an ellipsis."""
+    title = f"Edge importance, {layer_name}"
+    return title if len(title) <= width else title[:width - 1] + "…"
 
 
 def edge_curves(layer: EdgeLayer, edges: Sequence[tuple[int, int]], inputs: Tensor | None = None,
@@ -118,8 +134,9 @@ def edge_curves(layer: EdgeLayer, edges: Sequence[tuple[int, int]], inputs: Tens
 
     Elements carry their role as a group (Total, Part0, Fit, ...) and the whole layout is styled by
     one options call per backend: styling each element apart cost more than the page's rendering budget
-    allows (~0.15 s of 1 s for 16 panels). Each panel's y range is its data's: the curves, the
-    histogram scaled to them, the knot ticks below; a fit is cut off outside it.
+    allows (~0.15 s of 1 s for 16 panels). Each panel's y range is its data's: the curves, the knot
+    ticks just below them and, below those, the input's histogram as a light filled strip of its own
+    (``_histogram``), which the phi ticks never reach; a fit is cut off outside the curves' range.
     """
     names = [p.name for p in layer.parts]
     unknown = set(parts) - set(names)
@@ -144,20 +161,43 @@ def edge_curves(layer: EdgeLayer, edges: Sequence[tuple[int, int]], inputs: Tens
                            group=f"Part{names.index(p) % len(PART_COLORS)}") for p in parts]
         yrange = _span(np.concatenate([line.dimension_values(1) for line in lines]))
         lines += [] if fit is None else [_fit_curve(fit, x, yrange, xdim)]
-        background = _background(x, yrange, None if data is None else data[:, i],
-                                 None if knots is None else knots[i], bins, xdim)
+        behind = [_histogram(x, yrange, None if data is None else data[:, i], bins, xdim),
+                  _knot_ticks(x, yrange, None if knots is None else knots[i], xdim)]
         title = _edge_title(layer, index, (i, j), symbolic.get((i, j)))
-        panels.append(hv.Overlay([background, *lines], label=title))
+        ylim, yticks = panel_axis(yrange)
+        panel = hv.Overlay([*behind, *lines], label=title)
+        panels.append(panel.opts(ylim=ylim, yticks=yticks, backend="bokeh").opts(
+            ylim=ylim, yticks=yticks, hooks=[_spine_on(yticks)], backend="matplotlib"))
     figure = hv.Layout(panels).cols(columns)
     return figure.opts(_SMALL_MULTIPLES["bokeh"], backend="bokeh").opts(_SMALL_MULTIPLES["matplotlib"],
                                                                          backend="matplotlib")
 
 
+def _spine_on(ticks: list[float]):
+    """Matplotlib hook: the phi axis's line spans the curve's ticks only, as in the page (not the strip)."""
+    def hook(plot, _element) -> None:
+        if ticks:
+            plot.handles["axis"].spines["left"].set_bounds(ticks[0], ticks[-1])
+    return hook
+
+
+def panel_axis(yrange: tuple[float, float]) -> tuple[tuple[float, float], list[float]]:
+    """A curve panel's y limits (the curve, the knot ticks and the histogram strip below it) and its
+    phi ticks, which stay within the curve's own range: the strip below has no phi values."""
+    low, high = yrange
+    span = high - low
+    ticks = MaxNLocator(nbins=4).tick_values(low, high)
+    ticks = [float(t) for t in ticks if low - 1e-9 * span <= t <= high + 1e-9 * span]
+    return (low - (_STRIP[1] + 0.03) * span, high + 0.05 * span), ticks
+
+
 # Each small-multiples line by role (its Curve's group): colour, width, and the tool it carries in the page.
-_LINES = {"Background": (COLORS["data"], 1.0, ""), "Total": (COLORS["numeric"], 2.0, "hover"),
+_LINES = {"Knots": (COLORS["data"], 1.0, ""), "Total": (COLORS["numeric"], 2.0, "hover"),
           "Symbolic": (COLORS["symbolic"], 2.0, "hover"), "Fit": (COLORS["fit"], 1.6, ""),
           **{f"Part{k}": (color, 1.3, "") for k, color in enumerate(PART_COLORS)}}
+_HISTOGRAM = {"color": "#c9d3e0", "alpha": 0.8}     # the inputs' strip: a light fill, no outline
 _PANEL_PX = (250, 210)
+_LEGEND_ROW_PX = 13
 
 
 def bokeh_small_multiples(figure: hv.Layout, columns: int = 4) -> GridPlot:
@@ -166,28 +206,47 @@ def bokeh_small_multiples(figure: hv.Layout, columns: int = 4) -> GridPlot:
     HoloViews' own Bokeh rendering of 16 panels costs ~0.8 s of server time (plot objects, range
     computation, option resolution per element); the same lines as plain Bokeh figures ~0.25 s, and
     every edge pick redraws them. Files still go through HoloViews and Matplotlib (``styling.export``).
+    The mouse wheel scrolls the page (wheel zoom waits in the toolbar); a legend sits below its panel.
     """
     plots = []
     for panel in figure.values():
-        first = panel.get(1)                                     # the first edge curve (0 is the background)
-        x = first.dimension_values(0)
-        plot = bokeh_figure(width=_PANEL_PX[0], height=_PANEL_PX[1], title=panel.label, tools="save",
-                            x_range=(float(x[0]), float(x[-1])), x_axis_label=first.kdims[0].pprint_label,
-                            y_axis_label="phi")
-        plot.y_range.range_padding = 0.05
+        behind = [e for e in panel.values() if e.group in ("Inputs", "Knots")]
+        curves = [e for e in panel.values() if e.group not in ("Inputs", "Knots")]
+        x = curves[0].dimension_values(0)
+        ylim, yticks = panel_axis(_span(np.concatenate([c.dimension_values(1) for c in curves
+                                                        if c.group != "Fit"])))
+        plot = bokeh_figure(width=_PANEL_PX[0], height=_PANEL_PX[1], title=panel.label,
+                            tools="pan,wheel_zoom,box_zoom,reset,save",
+                            x_range=(float(x[0]), float(x[-1])), y_range=ylim,
+                            x_axis_label=curves[0].kdims[0].pprint_label, y_axis_label="phi")
+        plot.toolbar.active_scroll = None
+        plot.yaxis.ticker = FixedTicker(ticks=yticks)
+        plot.yaxis.bounds = (yticks[0], yticks[-1]) if yticks else "auto"
         plot.title.text_font_size = "9pt"
-        for curve in panel.values():
+        for element in behind:
+            if element.group == "Inputs":
+                plot.varea(element.dimension_values(0), element.dimension_values(2), element.dimension_values(1),
+                           fill_color=_HISTOGRAM["color"], fill_alpha=_HISTOGRAM["alpha"])
+            else:
+                plot.line(element.dimension_values(0), element.dimension_values(1), color=_LINES["Knots"][0],
+                          line_width=_LINES["Knots"][1])
+        items = []
+        for curve in curves:
             color, width, tool = _LINES[curve.group]
-            legend = {"legend_label": curve.label} if curve.label else {}
             line = plot.line(curve.dimension_values(0), curve.dimension_values(1), color=color, line_width=width,
-                             line_dash="dashed" if curve.group == "Fit" else "solid", **legend)
+                             line_dash="dashed" if curve.group == "Fit" else "solid")
+            if curve.label:
+                items.append(LegendItem(label=curve.label, renderers=[line]))
             if tool == "hover":
                 plot.add_tools(HoverTool(renderers=[line], tooltips=[("x", "@x{0.000}"), ("phi", "@y{0.000}")]))
-        if plot.legend:
-            plot.legend.location, plot.legend.label_text_font_size = "top_left", "7pt"
-            plot.legend.padding, plot.legend.spacing = 2, 0
+        if items:                                  # below the panel: never over the curve
+            plot.add_layout(Legend(items=items, label_text_font_size="7pt", padding=2, spacing=0, margin=2,
+                                   glyph_height=10, label_height=10), "below")
+            plot.height += _LEGEND_ROW_PX * len(items) + 6
         plots.append(plot)
-    return gridplot(plots, ncols=columns, toolbar_location="right")
+    grid = gridplot(plots, ncols=columns, toolbar_location="right")
+    grid.toolbar.active_scroll = None
+    return grid
 
 
 def _small_multiples_options() -> dict[str, dict[str, dict[str, Any]]]:
@@ -199,11 +258,14 @@ def _small_multiples_options() -> dict[str, dict[str, dict[str, Any]]]:
     mpl = {f"Curve.{group}": {"color": color, "linewidth": width * 0.75, **own}
            for group, (color, width, _) in lines.items()}
     bokeh["Curve.Fit"]["line_dash"], mpl["Curve.Fit"]["linestyle"] = "dashed", "--"
+    bokeh["Area.Inputs"] = {"color": _HISTOGRAM["color"], "alpha": _HISTOGRAM["alpha"], "line_alpha": 0, **own}
+    mpl["Area.Inputs"] = {"color": _HISTOGRAM["color"], "facecolor": _HISTOGRAM["color"],   # color: not the cycle
+                          "alpha": _HISTOGRAM["alpha"], "linewidth": 0, **own}
     panel = {"title": "{label}", "padding": (0, 0.05), **own}
-    bokeh["Overlay"] = {**panel, "width": _PANEL_PX[0], "height": _PANEL_PX[1], "legend_position": "top_left",
-                        "fontsize": {"title": "9pt"},
+    bokeh["Overlay"] = {**panel, "width": _PANEL_PX[0], "height": _PANEL_PX[1], "legend_position": "bottom",
+                        "fontsize": {"title": "9pt"}, **PAGE_SCROLLS,
                         "legend_opts": {"label_text_font_size": "7pt", "padding": 2, "spacing": 0}}
-    mpl["Overlay"] = {**panel, "aspect": 1.25, "legend_position": "best", **_FONTS_MPL}
+    mpl["Overlay"] = {**panel, "aspect": 1.25, "legend_position": "bottom", **_FONTS_MPL}
     return {"bokeh": {**bokeh, "Layout": {"shared_axes": False}},
             "matplotlib": {**mpl, "Layout": {"sublabel_format": ""}}}
 
@@ -234,7 +296,7 @@ def network_figure(network: KANNetwork, inputs: Sequence[Tensor] | None,
     return styled(overlay, {"title": title, "xaxis": None, "yaxis": None, "show_legend": False,
                             "xlim": (-0.02, 1.02), "ylim": (-0.15, depth + 0.15)},
                   {"frame_width": int(_PX_X * 1.04), "frame_height": int(_PX_LAYER * (depth + 0.3)),
-                   "show_grid": False},
+                   "show_grid": False, **PAGE_SCROLLS},
                   {"aspect": 1.04 * _PX_X / (_PX_LAYER * (depth + 0.3)), "fig_size": 250, **_FONTS_MPL})
 
 
@@ -285,7 +347,15 @@ def _unit(values: np.ndarray) -> np.ndarray:
 def _nodes(widths: Sequence[int]) -> hv.Points:
     rows = [(_node_x(k, n), level, level, k) for level, n in enumerate(widths) for k in range(n)]
     points = hv.Points(rows, vdims=["layer", "node"])
-    return styled(points, {"color": COLORS["node"]}, {"size": 6, "tools": ["hover"]}, {"s": 12})
+    return styled(points, {"color": COLORS["node"]},
+                  {"size": 6, "tools": ["hover"], "hover_tooltips": NODE_TOOLTIPS}, {"s": 12})
+
+
+# What hovering the network drawing says: an edge as the user reads it, never the drawing's own columns
+# (x0, y0, x1, y1, alpha, color).
+EDGE_TOOLTIPS = [("layer", "@{layer}"), ("edge", "input @{i} → output @{j}"),
+                 ("importance", "@{importance}{0.000}")]
+NODE_TOOLTIPS = [("layer", "@{layer}"), ("node", "@{node}")]
 
 
 _EDGE_DIMS = ["layer", "i", "j", "importance", "alpha", "color"]
@@ -300,7 +370,8 @@ def _segments(table: pd.DataFrame, width: float) -> hv.Segments:
 def _boxes(table: pd.DataFrame) -> hv.Rectangles:
     """The curve boxes: outlines only, coloured and faded like their edge."""
     return styled(hv.Rectangles(table, vdims=_EDGE_DIMS), {},
-                  {"fill_alpha": 0, "line_color": dim("color"), "line_alpha": dim("alpha"), "tools": ["hover"]},
+                  {"fill_alpha": 0, "line_color": dim("color"), "line_alpha": dim("alpha"), "tools": ["hover"],
+                   "hover_tooltips": EDGE_TOOLTIPS},
                   {"facecolor": "none", "edgecolor": dim("color"), "alpha": dim("alpha"), "linewidth": 0.5})
 
 
@@ -323,26 +394,31 @@ def _fit_curve(fit: Formula, x: np.ndarray, yrange: tuple[float, float], xdim: h
     return hv.Curve((x, y), xdim, _PHI, group="Fit", label=label)
 
 
-def _background(x: np.ndarray, yrange: tuple[float, float], data: np.ndarray | None,
-                knots: np.ndarray | None, bins: int, xdim: hv.Dimension) -> hv.Curve:
-    """The knots as short ticks below the curve and the input's histogram as a light step outline
-    (tallest bar = panel height), one NaN-broken Curve: a second Curve adds ~8 ms to a panel's Bokeh
-    rendering, Rectangles ~20 ms, and a page shows 16 panels."""
+def _histogram(x: np.ndarray, yrange: tuple[float, float], data: np.ndarray | None, bins: int,
+               xdim: hv.Dimension) -> hv.Area:
+    """The sample's values of the edge's input as a light filled histogram in a strip of its own below
+    the curve (tallest bar = the strip's height), so it never reads as the curve's values: vdims are
+    the bars' tops, the strip's floor and the counts (never below 0). No sample: an empty strip."""
     (lo, hi), (low, high) = (float(x[0]), float(x[-1])), yrange
-    xs, ys, count = [np.zeros(0)], [np.zeros(0)], [np.zeros(0)]
-    if knots is not None:                                              # (k, below), (k, low), break
-        ticks = knots[(knots >= lo) & (knots <= hi)].astype(float)
-        xs.append(np.column_stack([ticks, ticks, np.full_like(ticks, np.nan)]).ravel())
-        ys.append(np.tile([low - _TICK * (high - low), low, np.nan], len(ticks)))
-        count.append(np.full(3 * len(ticks), np.nan))
-    if data is not None:                                               # (e0, low), (e0, h0), (e1, h0), ...
+    floor, ceiling = low - _STRIP[1] * (high - low), low - _STRIP[0] * (high - low)
+    if data is None:
+        counts, edges = np.zeros(0), np.zeros(0)
+    else:
         counts, edges = np.histogram(data[np.isfinite(data)], bins=bins, range=(lo, hi))
-        tops = low + counts / max(counts.max(initial=0), 1) * (high - low)
-        xs.append(np.repeat(edges, 2))
-        ys.append(np.concatenate([[low], np.repeat(tops, 2), [low]]))
-        count.append(np.concatenate([counts[:1], np.repeat(counts, 2), counts[-1:]]).astype(float))
-    return hv.Curve((np.concatenate(xs), np.concatenate(ys), np.concatenate(count)), xdim, [_PHI, "count"],
-                    group="Background")
+    xs = np.repeat(edges, 2)[1:-1] if len(edges) else edges               # a step: (e0, c0), (e1, c0), ...
+    count = np.repeat(counts, 2).astype(float)
+    tops = floor + count / max(counts.max(initial=0), 1) * (ceiling - floor)
+    return hv.Area((xs, tops, np.full_like(tops, floor), count), xdim, [_PHI, "floor", "count"], group="Inputs")
+
+
+def _knot_ticks(x: np.ndarray, yrange: tuple[float, float], knots: np.ndarray | None,
+                xdim: hv.Dimension) -> hv.Curve:
+    """The knots as short ticks just below the curve, one NaN-broken Curve: (k, below), (k, low), break."""
+    (lo, hi), (low, high) = (float(x[0]), float(x[-1])), yrange
+    ticks = np.zeros(0) if knots is None else knots[(knots >= lo) & (knots <= hi)].astype(float)
+    xs = np.column_stack([ticks, ticks, np.full_like(ticks, np.nan)]).ravel()
+    ys = np.tile([low - _TICK * (high - low), low, np.nan], len(ticks))
+    return hv.Curve((xs, ys), xdim, _PHI, group="Knots")
 
 
 def _span(values: np.ndarray) -> tuple[float, float]:

@@ -6,6 +6,8 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 
+from netatlas.viz.styling import page_scrolls
+
 
 def activation_histogram(values: np.ndarray, title: str, bins: int = 50,
                          marks: dict[str, float] | None = None) -> hv.Overlay:
@@ -27,7 +29,7 @@ def activation_histogram(values: np.ndarray, title: str, bins: int = 50,
         title=title, color="#4c78a8", line_color=None, responsive=True, height=260, tools=["hover"])
     lines = [hv.VLine(x).opts(color="#d62728", line_dash="dashed", line_width=1)
              for x in (marks or {}).values() if np.isfinite(x)]
-    return hv.Overlay([hist, *lines]).opts(title=title)
+    return page_scrolls(hv.Overlay([hist, *lines]).opts(title=title))
 
 
 def class_mean_bars(means: pd.DataFrame, title: str) -> hv.Overlay:
@@ -36,4 +38,4 @@ def class_mean_bars(means: pd.DataFrame, title: str) -> hv.Overlay:
         title=title, color="#72b7b2", responsive=True, height=260, tools=["hover"],
         ylabel="mean activation")
     errors = hv.ErrorBars(means, kdims="class", vdims=["mean", "std"]).opts(line_width=1)
-    return (bars * errors).opts(title=title)
+    return page_scrolls((bars * errors).opts(title=title))

@@ -14,11 +14,29 @@ import numpy as np
 import pandas as pd
 
 from netatlas.backend.residual.paths import ResidualReport
-from netatlas.viz.styling import PANEL, WIDE, styled
+from netatlas.viz.styling import PAGE_SCROLLS, PANEL, WIDE, styled
 
 COLORS = {"ratio": "#4c78a8", "cos": "#f58518", "gain": "#54a24b", "scale": "#b279a2",
           "exact": "#1f3b73", "estimate": "#e45756", "ideal": "#9d9d9d"}
 _MPL_TITLE = {"fontsize": {"title": 10, "labels": 9, "xticks": 8, "yticks": 8}}
+MAX_LOG_TICKS = 6       # a log axis labels whole decades only, at most this many (every 2nd, 3rd... if more)
+LOG_FORMAT = "%.0e"     # 1e-03: one label per decade, none overlapping
+
+
+_SMALL_TITLE = {"fontsize": {"title": "10pt"}}    # a third of the page's width: the whole title fits
+
+
+def decade_axis(values) -> tuple[tuple[float, float], list[float]]:
+    """A log axis over the positive ``values``: limits on whole decades around them and one tick per
+    decade (every k-th when there are more than ``MAX_LOG_TICKS``), so labels never crowd."""
+    finite = np.asarray(values, float)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not len(finite):
+        return (0.1, 10.0), [0.1, 1.0, 10.0]
+    low, high = int(np.floor(np.log10(finite.min()))), int(np.ceil(np.log10(finite.max())))
+    high = max(high, low + 1)
+    step = -(-(high - low + 1) // MAX_LOG_TICKS)
+    return (10.0 ** low, 10.0 ** high), [10.0 ** k for k in range(low, high + 1, step)]
 
 
 def residual_figures(report: ResidualReport) -> dict[str, hv.core.Dimensioned]:
@@ -61,7 +79,7 @@ def unit_statistics(units: pd.DataFrame) -> hv.Overlay:
     zero = styled(hv.HLine(0), {"color": "#bbbbbb"}, {"line_width": 1}, {"linewidth": 1})
     return styled(hv.Overlay([zero, *layers]), {
         "title": "Per residual unit", "xlabel": "residual unit (depth order)", "ylabel": "value"},
-        {**WIDE["bokeh"], "legend_position": "top_left", "xrotation": 45},
+        {**WIDE["bokeh"], "legend_position": "right", "xrotation": 45, **PAGE_SCROLLS},
         {**WIDE["matplotlib"], **_MPL_TITLE, "xrotation": 45})
 
 
@@ -76,7 +94,7 @@ def path_trio(paths: pd.DataFrame, meta: dict | None = None) -> hv.Layout:
     d = gradient_symbol(meta)
     count = styled(hv.Bars(paths, "k", "count"), {
         "title": f"Paths by length (2^{n} in all)", "xlabel": "path length k", "ylabel": "paths C(n, k)",
-        "color": COLORS["ratio"]}, {**PANEL["bokeh"], "tools": ["hover"]},
+        "color": COLORS["ratio"]}, {**PANEL["bokeh"], "tools": ["hover"], **PAGE_SCROLLS, **_SMALL_TITLE},
         {**PANEL["matplotlib"], **_MPL_TITLE})
     grad = _with_errors(paths, "grad_mean", "grad_sem", "Gradient per path length",
                         f"mean ||{d}|| (log)", COLORS["exact"])
@@ -94,9 +112,12 @@ def _with_errors(paths: pd.DataFrame, value: str, error: str, title: str, ylabel
                     {"size": 6, "tools": ["hover"]}, {"s": 15})
     bars = styled(hv.ErrorBars((data["k"], data[value], data[value] - data["low"], data[error]),
                                vdims=["y", "yerrneg", "yerrpos"]), {"color": color})
+    ylim, yticks = decade_axis(np.concatenate([data[value].to_numpy(float), data["low"].to_numpy(float),
+                                               (data[value] + data[error]).to_numpy(float)]))
     return styled(hv.Overlay([curve, points, bars]), {
-        "title": title, "xlabel": "path length k", "ylabel": ylabel, "logy": True},
-        {**PANEL["bokeh"], "yformatter": "%.1e"}, {**PANEL["matplotlib"], **_MPL_TITLE})
+        "title": title, "xlabel": "path length k", "ylabel": ylabel, "logy": True, "ylim": ylim, "yticks": yticks},
+        {**PANEL["bokeh"], "yformatter": LOG_FORMAT, **PAGE_SCROLLS, **_SMALL_TITLE},
+        {**PANEL["matplotlib"], **_MPL_TITLE})
 
 
 def order_decomposition(orders: pd.DataFrame, meta: dict) -> hv.Overlay:
@@ -111,11 +132,13 @@ def order_decomposition(orders: pd.DataFrame, meta: dict) -> hv.Overlay:
         layers.append(_share_curve(orders, "exact", "exact (Moebius over 2^n masks)", COLORS["exact"], "solid"))
     layers.append(_share_curve(orders, "estimate", "estimate e_k(g) from Jacobian gains", COLORS["estimate"],
                                "solid"))
+    ylim, yticks = decade_axis(np.concatenate([layer.dimension_values("share") for layer in layers]))
     return styled(hv.Overlay(layers), {
         "title": f"Order-k decomposition, n = {n} (grey: idealisations, exact only for linear branches)",
         "xlabel": "order k (branches in the term)",
-        "ylabel": "share of sum ||Delta_S|| (log)", "logy": True},
-        {**WIDE["bokeh"], "legend_position": "bottom_left"}, {**WIDE["matplotlib"], **_MPL_TITLE})
+        "ylabel": "share of sum ||Delta_S|| (log)", "logy": True, "ylim": ylim, "yticks": yticks},
+        {**WIDE["bokeh"], "legend_position": "right", "yformatter": LOG_FORMAT, **PAGE_SCROLLS},
+        {**WIDE["matplotlib"], **_MPL_TITLE})
 
 
 def _drawable_on_log(data: pd.DataFrame, column: str, title: str) -> tuple[pd.DataFrame, str]:
@@ -148,8 +171,8 @@ def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.Da
     baseline = styled(hv.HLine(base), {"color": "#888888"}, {"line_dash": "dashed"}, {"linestyle": "--"})
     axes = {"ylabel": "cosine to the intact output" if output else "accuracy",
             "ylim": (_score_floor(lesions[column], lesions_k["mean"] - lesions_k["sd"], reorder[column])
-                     if output else 0, 1.02)}
-    small_b, small_m = PANEL["bokeh"], {**PANEL["matplotlib"], **_MPL_TITLE}
+                     if output else 0, 1.06)}                      # room for a marker at 1
+    small_b, small_m = {**PANEL["bokeh"], **PAGE_SCROLLS, **_SMALL_TITLE}, {**PANEL["matplotlib"], **_MPL_TITLE}
     lesions = lesions.assign(module=lesions["unit"], unit=unit_names(lesions["unit"]))
     single = styled(hv.Bars(lesions, "unit", [column, "module"]), {
         "title": "One unit removed", "xlabel": "removed unit", "color": COLORS["ratio"], **axes},
@@ -164,8 +187,8 @@ def lesion_curves(lesions: pd.DataFrame, lesions_k: pd.DataFrame, reorder: pd.Da
     r_points = styled(hv.Scatter(reorder, "tau", [column, "swaps"]), {"color": COLORS["exact"]},
                       {"size": 8, "tools": ["hover"]}, {"s": 25})
     r_plot = styled(hv.Overlay([r_points, baseline]), {
-        "title": "Interchangeable blocks reordered", "xlabel": "Kendall tau to the original order",
-        "xlim": (min(-0.05, float(reorder["tau"].min()) - 0.05), 1.05), **axes}, small_b, small_m)
+        "title": "Blocks reordered", "xlabel": "Kendall tau to the original order",
+        "xlim": (min(-0.1, float(reorder["tau"].min()) - 0.1), 1.1), **axes}, small_b, small_m)   # tau = 1 whole
     return hv.Layout([styled(hv.Overlay([single, baseline]), {}, small_b, small_m), k_plot, r_plot]).cols(3)
 
 

@@ -15,12 +15,27 @@ WIDE = {"bokeh": {"responsive": True, "height": 300},
 PANEL = {"bokeh": {"responsive": True, "height": 280}, "matplotlib": {"aspect": 1.2}}
 
 
+def no_active_scroll(plot, _element) -> None:
+    """Bokeh hook: no scroll tool is active, whatever HoloViews chose (wheel zoom stays in the toolbar)."""
+    plot.state.toolbar.active_scroll = None
+
+
+# Wheel zoom stays in the toolbar but off: a plot in a scrolling page must not catch the wheel of a user
+# scrolling past it (HoloViews turns wheel_zoom on by default). Only the Map zooms on the wheel.
+PAGE_SCROLLS = {"active_tools": ["pan"], "hooks": [no_active_scroll]}
+
+
 def styled(element: hv.core.Dimensioned, common: dict[str, Any] | None = None,
            bokeh: dict[str, Any] | None = None, mpl: dict[str, Any] | None = None) -> hv.core.Dimensioned:
     """Apply ``common`` options to both backends plus each backend's own."""
     common = common or {}
     element = element.opts(**common, **(bokeh or {}), backend="bokeh")
     return element.opts(**common, **(mpl or {}), backend="matplotlib")
+
+
+def page_scrolls(figure: hv.core.Dimensioned) -> hv.core.Dimensioned:
+    """``figure`` with wheel zoom available but not active, so the wheel over it scrolls the page."""
+    return figure.opts(**PAGE_SCROLLS, backend="bokeh")
 
 
 def export(figure: hv.core.Dimensioned, path: str | Path, dpi: int = 150) -> Path:

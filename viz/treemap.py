@@ -191,23 +191,35 @@ class ClusterTile:
                              "must have the same length")
 
 
+HEAD_PX = 15   # a tile's header bar; its thumbnails share the rest of the tile's height
+
+# A tile is a header bar above a grid of its thumbnails (a label drawn over the images was hard to
+# read on a bright digit). The grid keeps a column per cell and shrinks rows to fit under the bar:
+# thumbnails keep their aspect (contain, on black), so nothing is cropped and every cell shows one.
 TREEMAP_CSS = f"""<style>
 .na-treemap{{position:relative;overflow:hidden;background:#f2f2f2;font:10px/1.3 sans-serif}}
-.na-tile{{position:absolute;box-sizing:border-box;overflow:hidden;display:grid;
- grid-auto-rows:var(--s);align-content:start;background:#e6e6e6;cursor:pointer}}
+.na-tile{{position:absolute;box-sizing:border-box;overflow:hidden;display:flex;flex-direction:column;
+ background:#e6e6e6;cursor:zoom-in}}
 .na-tile::after{{content:"";position:absolute;inset:0;pointer-events:none;z-index:3;
  box-shadow:inset 0 0 0 3px var(--c)}}
 .na-tile:hover{{filter:brightness(1.1)}}
 .na-tile.na-selected::after{{box-shadow:inset 0 0 0 3px #111,inset 0 0 0 6px var(--c)}}
 .na-tile.na-dim{{opacity:.35}}
-.na-head{{position:absolute;left:0;right:0;top:0;z-index:2;padding:1px 5px;color:#fff;
- background:rgba(0,0,0,.55);white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}
-.na-img{{display:block;width:var(--s);height:var(--s);image-rendering:pixelated;background:#000}}
+.na-head{{flex:none;height:{HEAD_PX}px;line-height:{HEAD_PX}px;padding:0 6px;color:#fff;background:#2b2b2b;
+ font-weight:600;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}}
+.na-body{{flex:1;min-height:0;display:grid;grid-template-columns:repeat(var(--w),var(--s));
+ grid-template-rows:repeat(var(--h),minmax(0,1fr))}}
+.na-img{{display:block;width:100%;height:100%;min-height:0;object-fit:contain;image-rendering:pixelated;
+ background:#000}}
 .na-mis-outline .na-wrong{{outline:2px solid {WRONG_COLOR};outline-offset:-2px}}
 .na-mis-fade .na-wrong{{opacity:.25}}
 .na-has-highlight .na-img{{opacity:.35}}
 .na-has-highlight .na-img.na-hit{{opacity:1;position:relative;z-index:1;
  box-shadow:0 0 0 2px {HIT_COLOR}}}
+.na-info{{position:absolute;z-index:5;display:none;width:16px;height:16px;padding:0;border:1px solid #fff;
+ border-radius:50%;background:#1f6feb;color:#fff;font:bold 11px/14px serif;text-align:center;cursor:pointer;
+ box-shadow:0 1px 3px rgba(0,0,0,.5)}}
+.na-info:hover{{background:#0b4fc2;transform:scale(1.2)}}
 </style>"""
 
 
@@ -228,11 +240,10 @@ def _tile_html(tile: ClusterTile, cell_px: int, image_src: Callable[[int], str],
                                   tile.wrong[:shown], tile.highlight[:shown]))
     classes = "na-tile" + (" na-dim" if tile.dim else "") + (" na-selected" if selected else "")
     style = (f"left:{x * cell_px}px;top:{y * cell_px}px;width:{w * cell_px}px;"
-             f"height:{h * cell_px}px;grid-template-columns:repeat({w},var(--s));"
-             f"--c:{html.escape(tile.color)}")
+             f"height:{h * cell_px}px;--w:{w};--h:{h};--c:{html.escape(tile.color)}")
     return (f'<div class="{classes}" data-node={int(tile.node)} style="{style}" '
             f'title="{html.escape(tile.title)}"><div class="na-head">{html.escape(tile.label)}</div>'
-            f"{images}</div>")
+            f'<div class="na-body">{images}</div></div>')
 
 
 def treemap_html(tiles: Sequence[ClusterTile], cell_px: int, cols: int, rows: int,

@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
-from scipy.cluster.hierarchy import linkage
 
 from netatlas.backend.cluster.ward import distances_from_gram, ward_linkage, weighted_ward
 from netatlas.backend.errors import NetatlasError
@@ -199,8 +198,10 @@ def build_cluster_tree(x: np.ndarray, labels: np.ndarray | None = None, predicti
     exact_threshold, micro_size, seed = settings.exact_threshold, settings.micro_size, settings.seed
     began = time.perf_counter()
     if n <= exact_threshold:
-        z = ward_linkage(x, progress)
-        medoid = np.concatenate([np.arange(n), _medoids(x, z, progress)])
+        stages = StagedProgress(progress, (n - 1, n - 1))     # the distance blocks, then the medoids
+        z = ward_linkage(x, stages.stage(0))
+        medoid = np.concatenate([np.arange(n), _medoids(x, z, stages.stage(1))])
+        stages.finish()
         meta = {"method": "exact-ward", "micro_clusters": 0}
     else:
         z, medoid, micro = _scaled_linkage(x, micro_size, seed, device, progress)
@@ -208,6 +209,33 @@ def build_cluster_tree(x: np.ndarray, labels: np.ndarray | None = None, predicti
     meta.update(n_images=n, dims=int(x.shape[1]), exact_threshold=exact_threshold,
                 micro_size=micro_size, seed=seed, seconds=round(time.perf_counter() - began, 3))
     return tree_from_linkage(z, medoid, labels, predictions, n_classes, meta)
+
+
+class StagedProgress:
+    """Stages of one computation reported through one ``(done, total)`` callback as one count that only
+    goes forward: stage ``i`` is worth ``sizes[i]`` steps of the total, and its own ``(done, total)``
+    (each stage counts from 0 to its own total) is mapped onto its share. Before, the DendroMap's bar
+    ran to 41% on the distances, back to 0% on the medoids, then jumped to 100%."""
+
+    def __init__(self, progress: Progress | None, sizes: Sequence[int]) -> None:
+        self.progress, self.sizes = progress, [max(0, int(s)) for s in sizes]
+        self.total, self.shown = sum(self.sizes), -1
+        self._report(0)
+
+    def stage(self, index: int) -> Progress | None:
+        """The callback for stage ``index`` (None when nobody listens)."""
+        if self.progress is None:
+            return None
+        start, size = sum(self.sizes[:index]), self.sizes[index]
+        return lambda done, total: self._report(start + (size * min(done, total) // total if total > 0 else size))
+
+    def finish(self) -> None:
+        self._report(self.total)
+
+    def _report(self, value: int) -> None:
+        if self.progress is not None and self.total > 0 and value > self.shown:
+            self.shown = value
+            self.progress(value, self.total)
 
 
 def tree_from_linkage(z: np.ndarray, medoid: np.ndarray, labels: np.ndarray | None = None,
@@ -296,6 +324,8 @@ def _small_tree(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = len(points)
     p = points - points.mean(axis=0)
     gram = p @ p.T
+    from scipy.cluster.hierarchy import linkage   # here, not at the top: cached runs never cluster
+
     z = linkage(distances_from_gram(gram), method="ward")
     _, _, _, count, start = _tree_arrays(z)
     order = _leaf_order(start, n)
@@ -335,6 +365,8 @@ def _scaled_linkage(x: np.ndarray, micro_size: int, seed: int, device: str,
     m = int(np.clip(round(n / micro_size), 2, MAX_MICRO))
     labels = micro_clusters(x, m, seed=seed, device=device)
     m = int(labels.max()) + 1
+    stages = StagedProgress(progress, (m, 1))                 # the micro-clusters' trees, then the top
+    progress = stages.stage(0)
     members_sorted = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[members_sorted], np.arange(m + 1))
     rows: list[np.ndarray] = []
@@ -369,6 +401,7 @@ def _scaled_linkage(x: np.ndarray, micro_size: int, seed: int, device: str,
     rows.append(np.column_stack([ids[top[:, 0].astype(np.int64)], ids[top[:, 1].astype(np.int64)],
                                  top[:, 2], top[:, 3]]))
     medoid[ids[m:]] = _top_medoids(top, centroids, sizes, medoid[roots], x)
+    stages.finish()
     return np.concatenate(rows), medoid, m
 
 

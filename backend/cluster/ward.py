@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-from scipy.cluster.hierarchy import linkage
-from scipy.spatial.distance import squareform
+
+# scipy is imported where it is used: a cached CLI run or --help imports this module and never clusters.
 
 
 def condensed_distances(x: np.ndarray, block: int = 1024,
@@ -47,6 +47,8 @@ def condensed_distances(x: np.ndarray, block: int = 1024,
 
 def distances_from_gram(gram: np.ndarray) -> np.ndarray:
     """Condensed Euclidean distances from a Gram matrix of (centred) points."""
+    from scipy.spatial.distance import squareform
+
     norms = np.diagonal(gram)
     sq = np.maximum(norms[:, None] + norms[None, :] - 2.0 * gram, 0.0)
     np.fill_diagonal(sq, 0.0)
@@ -62,6 +64,8 @@ def ward_linkage(x: np.ndarray, progress: Callable[[int, int], None] | None = No
     n = len(x)
     if n < 2:
         return np.empty((0, 4))
+    from scipy.cluster.hierarchy import linkage
+
     return linkage(condensed_distances(x, progress=progress), method="ward")
 
 

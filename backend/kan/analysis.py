@@ -44,13 +44,14 @@ def analyze(network: KANNetwork, sample: Tensor | None = None, seed: int = 0) ->
     what that produces: the curves are still exact, only the data behind them is synthetic. So does a
     sample of one input, whose spread (and so every edge's importance) would be undefined.
     """
+    source = "the sample given" if sample is not None else network.sample_source or "the checkpoint"
     sample = sample if sample is not None else network.sample
     few = ""
     if sample is not None and len(sample) < MIN_SAMPLE:
         # importance is a standard deviation over the sample: one row has none (torch says NaN)
         few, sample = (f"the sample has {len(sample)} input, too few to measure a spread: ", None)
     if sample is not None:
-        note = f"sample: {len(sample):,} inputs from the checkpoint or the file given"
+        note = f"sample: {len(sample):,} inputs from {source}"
         if len(sample) > MAX_SAMPLE:
             keep = torch.randperm(len(sample), generator=torch.Generator().manual_seed(seed))[:MAX_SAMPLE]
             sample, note = sample[keep], note + f" ({MAX_SAMPLE:,} of them drawn at random)"

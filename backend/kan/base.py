@@ -97,6 +97,7 @@ class KANNetwork:
     names: list[str]                      # each layer's state_dict prefix, for labels
     notes: list[str] = field(default_factory=list)
     sample: Tensor | None = None          # a batch of network inputs [N, in0], when one is known
+    sample_source: str = ""               # where it came from, said with the sample ("x.npy, the file given")
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:

@@ -88,9 +88,11 @@ def read_kan(path: str | Path, family: str | None = None, options: dict[str, Any
         _check_width(config, network, files.config)
     if sample is not None:
         network.sample = _checked_sample(read_sample(sample), network, Path(sample).name)
+        network.sample_source = f"{Path(sample).name}, the file given"
     elif files.cache_data is not None:
         cached = _read_cache_data(files.cache_data)
         network.sample = None if cached is None else _checked_sample(cached, network, files.cache_data.name)
+        network.sample_source = f"the checkpoint's {files.cache_data.name} (pykan's cached training inputs)"
     return network
 
 

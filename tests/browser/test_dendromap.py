@@ -1,5 +1,5 @@
 """The DendroMap tab on the demo, as a user drives it in Chromium: zoom two levels, come back by a
-breadcrumb, colour by accuracy, filter, open an image and export a cluster."""
+breadcrumb, colour by accuracy, filter, open an image by its "i" and export a cluster."""
 
 from __future__ import annotations
 
@@ -68,9 +68,10 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     top = tile_labels(page)
     assert top == scipy_top_clusters(8)
 
-    # Zoom in two levels: the breadcrumbs grow, the tiles are the clicked cluster's parts.
+    # Zoom in two levels, a click anywhere on a tile (its centre is a thumbnail): the breadcrumbs grow,
+    # the tiles are the clicked cluster's parts.
     biggest = max(top)[0]
-    page.locator(".na-tile", has_text=f"{biggest:,} images").locator(".na-head").click()
+    page.locator(".na-tile", has_text=f"{biggest:,} images").click()
     crumbs = page.locator(".na-crumb")
     expect(crumbs).to_have_count(2, timeout=30_000)
     level1 = settled_labels(page, biggest)
@@ -85,7 +86,7 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     expect(page.locator(".na-cluster-summary p").first).to_contain_text(f"{int(chosen[1]):,} match the filter",
                                                                        timeout=30_000)
     second = max(level1)[0]
-    page.locator(".na-tile", has_text=f"{second:,} images").first.locator(".na-head").click()
+    page.locator(".na-tile", has_text=f"{second:,} images").first.click()
     expect(crumbs).to_have_count(3, timeout=30_000)
     assert sum(size for size, _ in settled_labels(page, second)) == second
 
@@ -121,8 +122,9 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     assert rows[0].startswith("index,id,label") and len(rows) - 1 == wrong
     assert all(line.endswith(",False,9998") for line in rows[1:])
 
-    # An image opens its details with its 8 nearest neighbours.
-    page.locator(".na-img").first.click()
+    # An image's "i" (shown on the thumbnail under the pointer) opens its details with its 8 nearest neighbours.
+    page.locator(".na-img").first.hover()
+    page.locator(".na-info").click()
     expect(page.locator(".na-image-detail")).to_contain_text("Nearest neighbours", timeout=30_000)
     expect(page.locator(".na-neighbours img")).to_have_count(8)
     assert demo_server.alive()

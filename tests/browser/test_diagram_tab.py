@@ -65,3 +65,29 @@ def test_diagram_tab_unfolds_and_downloads(page, demo_server):
     tex = open(download.value.path(), encoding="utf-8").read()
     assert "\\begin{tikzpicture}" in tex and "\\end{document}" in tex
     assert demo_server.alive()
+
+
+def test_diagram_scrolls_at_natural_size_and_fit_to_width_wraps_it_readably(page, demo_server):
+    """The demo's diagram is ~7,000 px wide: at natural size it scrolls in a box as wide as the tab (with
+    a line saying so); *Fit to width* wraps it into rows that fit the tab and stay readable."""
+    open_app(page, demo_server.url)
+    page.get_by_text("Diagram", exact=True).click()
+    scroll = page.locator(".na-diagram-scroll")
+    expect(scroll).to_be_visible(timeout=60_000)
+    tab = page.locator(".na-diagram").bounding_box()
+    assert scroll.bounding_box()["width"] <= tab["width"] + 1
+    assert scroll.evaluate("e => e.scrollWidth > 3 * e.clientWidth")        # the rest is a scroll away
+    scroll.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+    assert scroll.evaluate("e => e.scrollLeft") > 0
+    expect(page.locator(".na-diagram-hint")).to_contain_text("scroll sideways")
+
+    fit = page.locator(".na-fit input").bounding_box()
+    page.mouse.click(fit["x"] + fit["width"] / 2, fit["y"] + fit["height"] / 2)
+    rows = page.locator(".na-diagram-rows")
+    expect(rows).to_be_visible(timeout=30_000)
+    drawn = rows.bounding_box()
+    assert drawn["width"] <= tab["width"] + 1 and drawn["height"] > 200
+    first = page.locator(".na-diagram-rows svg").first.bounding_box()
+    assert first["width"] <= tab["width"] + 1 and first["height"] > 200        # one row alone is readable
+    assert page.locator(".na-diagram-rows svg").count() > 1
+    assert demo_server.alive()

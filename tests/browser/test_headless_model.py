@@ -96,7 +96,8 @@ def test_a_backbone_gets_no_predictions_on_any_tab(page, backbone_server):
     assert "count" in titles and set(titles) <= {"class", "label", "count", ""}, titles
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "headless-dendromap.png"), full_page=True)
-    page.locator(".na-img").first.click()
+    page.locator(".na-img").first.hover()                 # its "i" opens the details (a click zooms)
+    page.locator(".na-info").click()
     expect(page.locator(".na-neighbours img")).to_have_count(8, timeout=30_000)
     with page.expect_download() as download:
         page.locator(".na-export button").click()
