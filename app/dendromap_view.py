@@ -33,16 +33,6 @@ MAP_WIDTH, MAP_HEIGHT = 640, 520
 ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
 NEEDS_PREDICTIONS = ("Accuracy",)
-CLASS_COUNTS = ["class", "label", "count"]     # what the class table keeps without predictions
-
-
-def class_table(labels: np.ndarray, predictions: np.ndarray | None, class_names: list[str]) -> pd.DataFrame:
-    """Per-class rows of a set of images: counts, and accuracy, FNR and FPR only when there are predictions."""
-    if predictions is None:       # labels stand in for the predictions class_stats needs; its rates are dropped
-        return class_stats(labels, labels, class_names)[CLASS_COUNTS]
-    return class_stats(labels, predictions, class_names)
-
-
 def color_options(has_predictions: bool) -> list[str]:
     """The DendroMap's colourings: accuracy only when the model predicts the dataset's classes."""
     return [name for name in COLOR_BY if has_predictions or name not in NEEDS_PREDICTIONS]
@@ -392,7 +382,7 @@ class DendroMapView(pn.viewable.Viewer):
         if key == self._side_key:                     # a filter changed, not the cluster or the layer
             return
         if key[:2] != (self._side_key or (None, None))[:2]:
-            stats = class_table(data.labels[images], None if data.predictions is None else data.predictions[images],
+            stats = class_stats(data.labels[images], None if data.predictions is None else data.predictions[images],
                                 data.class_names)
             self.classes.value = stats.round(4)
         self._side_key = key

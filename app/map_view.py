@@ -20,7 +20,8 @@ import pandas as pd
 import panel as pn
 import param
 
-from netatlas.app.dendromap_view import DendroMapView, class_table
+from netatlas.app.dendromap_view import DendroMapView
+from netatlas.backend.class_stats import class_stats
 from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_name, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
@@ -389,7 +390,7 @@ class MapView(pn.viewable.Viewer):
         self.selected.object = (f"<p class='na-map-count'><b>{len(chosen):,} images selected</b>{accuracy}"
                                 f"{f' (showing {len(shown)})' if len(shown) < len(chosen) else ''}; "
                                 f"highlighted in {self.state.where('DendroMap')}</p>{grid}")
-        self.counts.value = class_table(labels[chosen], None if preds is None else preds[chosen],
+        self.counts.value = class_stats(labels[chosen], None if preds is None else preds[chosen],
                                         ws.dataset.classes).round(4)
 
     def __panel__(self) -> pn.viewable.Viewable:

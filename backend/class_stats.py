@@ -6,15 +6,19 @@ import numpy as np
 import pandas as pd
 
 
-def class_stats(labels: np.ndarray, predictions: np.ndarray, class_names: list[str]) -> pd.DataFrame:
-    """One row per class present: count, accuracy (recall), FNR and FPR within these images.
+def class_stats(labels: np.ndarray, predictions: np.ndarray | None, class_names: list[str]) -> pd.DataFrame:
+    """One row per class present: count, accuracy (recall), FNR and FPR within these images; with
+    ``predictions`` None (a model without a classifier head) the counts alone.
 
     FNR = images of the class predicted as another / images of the class; FPR = images of other
     classes predicted as this one / images of other classes (NaN where a denominator is zero).
     Three bincounts, so a million images cost milliseconds whatever the number of classes.
     """
-    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    labels = np.asarray(labels)
     known = labels >= 0
+    if predictions is None:
+        return class_stats(labels, labels, class_names)[["class", "label", "count"]]
+    predictions = np.asarray(predictions)
     labels, predictions = labels[known], predictions[known]
     size = max(len(class_names), int(labels.max()) + 1 if len(labels) else 0,
                int(predictions.max()) + 1 if len(predictions) else 0)

@@ -277,6 +277,8 @@ def aligned_table(header: Sequence[str], rows: Sequence[Sequence[str]], limits: 
 def cmd_extract(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
+    from netatlas.backend.class_stats import labelled_accuracy
+
     with contextlib.ExitStack() as resources:
         workspace = workspace_from_args(args, dataset_from_args(args), args.batch_size, resources)
         with progress_bar("extract", "img") as progress:
@@ -285,9 +287,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     report_left_out(workspace)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(workspace.table(acts), args.output, compression="zstd")
-    labeled = dataset.labels >= 0
-    acc = (acts.predictions == dataset.labels)[labeled].mean() if acts.predictions is not None and labeled.any() \
-        else None
+    acc = labelled_accuracy(dataset.labels, acts.predictions)
     print(f"wrote {args.output}: {len(dataset)} images, layers {', '.join(args.layers) or '(outputs only)'}"
           + (f", accuracy {acc:.4f}" if acc is not None else ""))
     report_chance(workspace)
