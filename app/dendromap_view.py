@@ -16,6 +16,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from netatlas.app.layout import field
 from netatlas.app.neurons_view import LOGITS, NeuronsView, layer_name, layer_options
 from netatlas.app.state import AppState
 from netatlas.app.thumbnails import thumbnail_src
@@ -23,13 +24,20 @@ from netatlas.app.treemap_pane import TreemapPane
 from netatlas.backend.class_stats import class_stats
 from netatlas.backend.cluster.tree import ClusterTree
 from netatlas.backend.neighbors import nearest_neighbors
-from netatlas.backend.neurons import top_units, unit_baseline
+from netatlas.backend.neurons import highest_mean_units, top_units, unit_baseline
 from netatlas.backend.workspace import Workspace
 from netatlas.viz.dendromap import MapData, dendromap_frame, node_means
 from netatlas.viz.images import image_detail_html
 from netatlas.viz.treemap import legend_html
 
 MAP_WIDTH, MAP_HEIGHT = 640, 520
+# "{neurons}": where the layer is chosen, "the Neurons tab" on the page and "the Neurons view" in a notebook.
+UNITS_TITLE = "#### Top units (the layer of {neurons}; choose to colour)"
+# The whole dataset has no excess over its own mean: its table lists the units most active overall instead.
+ROOT_UNITS_TITLE = ("#### Most active units (the layer of {neurons}; choose to colour)\n\nHighest mean activation over "
+                    "the whole dataset. Zoom into a cluster to rank units by how much more they fire in it.")
+CLUSTER_UNITS_TITLE = ("#### Top units of this cluster (the layer of {neurons}; choose to colour)\n\nRanked by how much "
+                       "more they fire in it than over the dataset (excess, in the dataset's standard deviations).")
 ANY = "(any)"
 COLOR_BY = {"Accuracy": "accuracy", "Share of a class": "class share", "Neuron (from the Neurons tab)": "neuron"}
 NEEDS_PREDICTIONS = ("Accuracy",)
@@ -65,8 +73,7 @@ class DendroMapView(pn.viewable.Viewer):
         self.misclassified = pn.widgets.RadioButtonGroup(name="Misclassified", options=["outline", "fade", "none"],
                                                          value="outline", button_type="primary",
                                                          button_style="outline", width=240)
-        self.misclassified_box = pn.Column(pn.pane.Markdown("Misclassified images", margin=(0, 5)),
-                                           self.misclassified)
+        self.misclassified_box = field("Misclassified images", self.misclassified)
         self.true_label = pn.widgets.Select(name="True label", options=[ANY], width=120, css_classes=["na-true"])
         self.predicted = pn.widgets.Select(name="Predicted", options=[ANY], width=120, css_classes=["na-pred"])
         self.wrong_only = pn.widgets.Checkbox(name="misclassified only", width=140, margin=(30, 10, 5, 10),
@@ -86,6 +93,7 @@ class DendroMapView(pn.viewable.Viewer):
                                             hidden_columns=["label"], height=240, sizing_mode="stretch_width",
                                             titles={"accuracy": "acc"}, layout="fit_data_fill",
                                             css_classes=["na-classes"])
+        self.units_title = pn.pane.Markdown(UNITS_TITLE.format(neurons=state.where("Neurons")), sizing_mode="stretch_width", css_classes=["na-units-title"])
         self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
                                           titles={"excess (sd)": "excess"}, layout="fit_data_fill")
@@ -389,7 +397,18 @@ class DendroMapView(pn.viewable.Viewer):
         if values is not None and len(values) == tree.n_images:
             if self._baseline[0] is not values:          # once per layer, not per zoom
                 self._baseline = (values, unit_baseline(values))
-            self.units.value = top_units(values, images, 10, self._baseline[1]).round(4)
+            self._show_units(values, node, images)
+
+    def _show_units(self, values: np.ndarray, node: int, images: np.ndarray) -> None:
+        """The cluster's top units by their excess over the dataset; at the root, where every unit's excess is 0,
+        the units with the highest mean activation, titled as such."""
+        baseline = self._baseline[1]
+        if node == self.tree.root:
+            title, table = ROOT_UNITS_TITLE, highest_mean_units(baseline, 10)
+        else:
+            title, table = CLUSTER_UNITS_TITLE, top_units(values, images, 10, baseline)
+        self.units_title.object = title.format(neurons=self.state.where("Neurons"))
+        self.units.value = table.round(4)
 
     # ----------------------------------------------------------------------------- side panel actions
     async def show_image(self, index: int) -> None:
@@ -440,7 +459,7 @@ class DendroMapView(pn.viewable.Viewer):
         controls = pn.FlexBox(self.layer, self.k, self.cell, self.color_by, self.color_class, self.misclassified_box)
         filters = pn.FlexBox(self.true_label, self.predicted, self.wrong_only, self.search)
         side = pn.Column(self.detail_box, self.summary, "#### Classes (choose a row to highlight)", self.classes,
-                         "#### Top units (Neurons tab layer; choose to colour)", self.units, self.export,
+                         self.units_title, self.units, self.export,
                          width=370)
         return pn.Column(controls, filters, self.breadcrumbs, self.legend,
                          pn.Row(pn.Column(self.treemap, width=MAP_WIDTH + 10), side),

@@ -8,6 +8,7 @@ from pathlib import Path
 import panel as pn
 import param
 
+from netatlas.app.layout import beside_inputs, field
 from netatlas.app.state import AppState
 from netatlas.backend.circuit.graph import Circuit, CircuitView
 from netatlas.backend.workspace import Workspace
@@ -44,7 +45,8 @@ class DiagramView(pn.viewable.Viewer):
                                              css_classes=["na-unroll"])
         self.names = pn.widgets.TextInput(name="Axis names", placeholder="D2=d_model, S=seq, C2=channels",
                                           sizing_mode="stretch_width", css_classes=["na-axis-names"])
-        self.dpi = pn.widgets.IntInput(name="PNG dpi", value=200, start=50, end=1200, step=50, width=90)
+        self.dpi = pn.widgets.IntInput(name="PNG dpi", value=200, start=50, end=1200, step=50, width=90,
+                                      css_classes=["na-dpi"])
         self.downloads = [pn.widgets.FileDownload(
             callback=pn.bind(self._export, fmt=fmt), filename=f"diagram.{fmt}", button_type="light", width=130,
             label=f"Download {'TikZ' if fmt == 'tex' else fmt.upper()}", css_classes=[f"na-download-{fmt}"])
@@ -128,8 +130,8 @@ class DiagramView(pn.viewable.Viewer):
         return export(self.view, path, self.style(), dpi=int(self.dpi.value))
 
     def __panel__(self) -> pn.viewable.Viewable:
-        controls = pn.Row(self.depth, pn.Column(pn.pane.Markdown("Layout", margin=(0, 5)), self.layout),
-                          pn.Column(self.fold_repeats, self.sizes), pn.Column(self.fit), sizing_mode="stretch_width")
-        exports = pn.Row(*self.downloads, self.dpi, sizing_mode="stretch_width")
+        controls = pn.Row(self.depth, field("Layout", self.layout), pn.Column(self.fold_repeats, self.sizes),
+                          pn.Column(self.fit), sizing_mode="stretch_width")
+        exports = pn.Row(*map(beside_inputs, self.downloads), self.dpi, sizing_mode="stretch_width")
         return pn.Column(self.summary, controls, pn.Row(self.unfold, self.unroll, sizing_mode="stretch_width"),
                          self.names, self.legend, self.figure, exports, sizing_mode="stretch_width")

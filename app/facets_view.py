@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import panel as pn
 
+from netatlas.app.residual_view import rough_duration
 from netatlas.app.state import AppState
 from netatlas.backend.facets import FacetReport, FacetSettings
 from netatlas.backend.featviz import FeatvizSettings
@@ -18,6 +19,24 @@ from netatlas.viz.facets import facets_html, neuron_card, save_card
 OPTIMIZERS = {"paper (normalized ascent, TV, jitter, growing canvas)": "paper",
               "Lucid-style (Fourier + decorrelated colour, transforms, Adam)": "lucid"}
 STARTS = {"facet mean image (the paper)": "mean", "random noise (baseline)": "noise"}
+# The demo's defaults (blocks.5), measured on two CPU cores: (facets, steps, seconds in all, of which setup). Measured
+# 2.3-4.7 s through Workspace.facets and 6 s in the page while other work shared the cores; 50 steps took 1.7 s and
+# 400 took 6.4 s. All facets are optimized as one batch, so the time grows with the steps far more than the facets.
+DEMO = (4, 200, 5.0, 1.0)
+
+
+def placeholder_text(k: int, steps: int, start: str) -> str:
+    """What *Visualize facets* will show and roughly how long it takes: the demo's measured time, scaled by the
+    steps."""
+    d_k, d_steps, d_seconds, d_setup = DEMO
+    guess = d_setup + (d_seconds - d_setup) * steps / d_steps
+    origin = "the facet's mean image" if start == "mean" else "random noise"
+    return (f"**Nothing visualized yet.** *Visualize facets* sorts this unit's {FacetSettings().top_n} most activating "
+            f"images into {k} facet{'s' * (k != 1)} (groups of alike images) and draws one synthetic image per facet, "
+            f"optimized for {steps} steps from {origin} to excite the unit, beside the facet's exemplars, with the "
+            f"activation each reaches. The demo's defaults ({d_k} facets, {d_steps} steps) take about "
+            f"{rough_duration(d_seconds)} on two CPU cores: expect roughly {rough_duration(guess)} on a model of the "
+            "demo's size, longer in proportion to a larger model's forward and backward pass.")
 
 
 class FacetsView(pn.viewable.Viewer):
@@ -39,13 +58,23 @@ class FacetsView(pn.viewable.Viewer):
                                                 label="Download neuron card", button_type="light",
                                                 width=200, disabled=True, css_classes=["na-card-download"])
         self.results = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["na-facets-pane"])
+        self.placeholder = pn.pane.Alert("", alert_type="light", sizing_mode="stretch_width",
+                                         css_classes=["na-facets-placeholder"])
         self.run_button.on_click(self._on_run)
+        for widget in (self.k, self.steps, self.start):
+            widget.param.watch(lambda _e: self._describe(), "value")
+        self._describe()
         self.fmt.param.watch(lambda e: setattr(self.download, "filename", f"neuron_card.{e.new}"), "value")
         state.param.watch(lambda e: setattr(self.run_button, "disabled", e.new), "busy")
 
+    def _describe(self) -> None:
+        self.placeholder.object = placeholder_text(int(self.k.value), int(self.steps.value), self.start.value)
+
     def clear(self) -> None:
+        """Back to no facets (another unit): the placeholder says again what the button will show."""
         self.report = None
         self.results.object = ""
+        self.placeholder.visible = True
         self.download.disabled = True
 
     async def _on_run(self, _event=None) -> None:
@@ -65,6 +94,7 @@ class FacetsView(pn.viewable.Viewer):
     def show(self, report: FacetReport) -> None:
         """Show the synthetic images beside their exemplars, and offer the card."""
         self.report = report
+        self.placeholder.visible = False
         self.results.object = facets_html(report, self._exemplar_images(report))
         self.download.disabled = False
 
@@ -88,7 +118,7 @@ class FacetsView(pn.viewable.Viewer):
                               pn.Column(pn.Spacer(height=18), self.run_button), sizing_mode="stretch_width")
         export = pn.Row(self.fmt, pn.Column(pn.Spacer(height=18), self.download))
         return pn.Column("#### Facets: synthetic images, one per kind of input the unit responds to",
-                         controls, self.results, export, sizing_mode="stretch_width")
+                         controls, self.placeholder, self.results, export, sizing_mode="stretch_width")
 
     @property
     def data(self) -> pd.DataFrame:

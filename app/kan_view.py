@@ -14,6 +14,7 @@ import pandas as pd
 import panel as pn
 import param
 
+from netatlas.app.layout import beside_inputs, field
 from netatlas.app.state import AppState
 from netatlas.backend.kan.analysis import KANAnalysis, analyze
 from netatlas.backend.kan.checkpoint import is_kan_checkpoint, read_kan
@@ -53,7 +54,8 @@ class KANView(pn.viewable.Viewer):
         self.family = pn.widgets.Select(name="Family", options=[AUTO, *families()], value=AUTO, width=220,
                                         css_classes=["na-kan-family"])
         self.options = pn.widgets.TextInput(name="Family options (what the keys do not store)",
-                                            placeholder="e.g. k=3, g=5", sizing_mode="stretch_width")
+                                            placeholder="e.g. k=3, g=5", sizing_mode="stretch_width",
+                                            css_classes=["na-kan-options"])
         self.sample = pn.widgets.Select(name="Sample inputs", sizing_mode="stretch_width")
         self.open_button = pn.widgets.Button(name="Open KAN", button_type="primary", width=140,
                                              css_classes=["na-kan-open"])
@@ -85,7 +87,7 @@ class KANView(pn.viewable.Viewer):
                                            button_type="light", width=170, css_classes=["na-kan-download-csv"])
         for button in (*self.downloads, self.csv, self.suggest_button):   # nothing to save or fit before Open
             button.disabled = True
-        self.controls = pn.Row(self.layer, pn.Column(pn.pane.Markdown("Curves of", margin=(0, 5)), self.mode),
+        self.controls = pn.Row(self.layer, field("Curves of", self.mode),
                                self.top, self.parts, sizing_mode="stretch_width", visible=False)
         self.edge_tools = pn.Column(self.picked, self.suggest_button, self.formulas, sizing_mode="stretch_width",
                                     visible=False)                      # shown with the KAN they act on
@@ -292,9 +294,10 @@ class KANView(pn.viewable.Viewer):
 
     def __panel__(self) -> pn.viewable.Viewable:
         opener = pn.Row(self.checkpoint, self.family, self.sample, sizing_mode="stretch_width")
-        exports = pn.Row(pn.Column(pn.pane.Markdown("Export as", margin=(0, 5)), self.fmt), *self.downloads, self.csv,
+        exports = pn.Row(field("Export as", self.fmt), *map(beside_inputs, (*self.downloads, self.csv)),
                          sizing_mode="stretch_width")
-        return pn.Column(self.summary, opener, pn.Row(self.options, self.open_button, sizing_mode="stretch_width"),
+        return pn.Column(self.summary, opener, pn.Row(self.options, beside_inputs(self.open_button),
+                                                      sizing_mode="stretch_width"),
                          self.placeholder, self.network_pane, self.controls,
                          pn.Row(self.heatmap_pane, self.edge_tools, sizing_mode="stretch_width"),
                          self.curves_pane, exports, sizing_mode="stretch_width")

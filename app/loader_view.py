@@ -69,10 +69,7 @@ class LoaderView(pn.viewable.Viewer):
         self.checkpoint.options, self.dataset.options = ckpts, data
 
     def _label(self, path: Path) -> str:
-        for root in self.state.config.roots.roots:
-            if path.is_relative_to(root):
-                return f"{root.name}/{path.relative_to(root)}"
-        return str(path)
+        return root_label(path, self.state.config.roots.roots)
 
     def _select_initial(self) -> None:
         config = self.state.config
@@ -159,6 +156,17 @@ class LoaderView(pn.viewable.Viewer):
             self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
             self.state.status,
             sizing_mode="stretch_width")
+
+
+def root_label(path: Path, roots: tuple[Path, ...]) -> str:
+    """How the sidebar names ``path``: under the first root holding it, as ``root/inside``; a root that is
+    itself the entry (the folder given as --checkpoint or --data) as ``root/``, not ``root/.``."""
+    for root in roots:
+        if path == root:
+            return f"{root.name}/"
+        if path.is_relative_to(root):
+            return f"{root.name}/{path.relative_to(root)}"
+    return str(path)
 
 
 def parse_kwargs(text: str) -> dict:

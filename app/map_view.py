@@ -180,7 +180,8 @@ class MapView(pn.viewable.Viewer):
             f"**{what}** of {len(ws.dataset):,} images on `{name or self._output_name}`"
             + (f" (fitted on {embedding.n_fitted:,}, the rest placed by their nearest fitted neighbours)"
                if embedding.n_fitted < len(ws.dataset) else "")
-            + ("; the UMAP map replaces it when ready (progress bar in the sidebar)" if preview else "")
+            # not "UMAP map": that names the map itself, which a page (and its tests) waits for
+            + ("; UMAP replaces it when ready (progress bar in the sidebar)" if preview else "")
             + ". Scroll to zoom, drag to pan; the toolbar's box and lasso select images.")
         self.plot.object = self._dynamic_map()
         self._show_selection()

@@ -11,6 +11,9 @@ from netatlas.app.state import AppState
 from netatlas.backend.workspace import Workspace
 
 
+NUMBERS = ("units", "params", "trainable")   # the module table's counts
+
+
 class ModelView(pn.viewable.Viewer):
     def __init__(self, state: AppState, **params) -> None:
         super().__init__(**params)
@@ -18,10 +21,12 @@ class ModelView(pn.viewable.Viewer):
         self._chance_shown = ""
         self.summary = pn.pane.Markdown("Load a checkpoint to see its modules.", sizing_mode="stretch_width",
                                        css_classes=["na-model-summary"])
+        # Counts keep Panel's own number format (thousands separated, right-aligned), titles over them too: a
+        # Tabulator formatter of our own drops that alignment (params were left-aligned beside right-aligned units).
         self.tree = pn.widgets.Tabulator(
             None, show_index=False, disabled=True, sizing_mode="stretch_width", height=600,
             pagination=None, layout="fit_data_stretch", css_classes=["na-module-tree"],
-            formatters={"params": {"type": "money", "precision": 0, "thousand": ","}})
+            header_align={name: "right" for name in NUMBERS})
         state.param.watch(self._update, "workspace")
         state.param.watch(self._after_work, "busy")   # the first pass may find an accuracy at chance
 
@@ -56,7 +61,7 @@ class ModelView(pn.viewable.Viewer):
             lines.append(f"**Hint**: {ws.chance_note}")
         lines += [f"*note: {n}*" for n in loaded.notes]
         self.summary.object = "\n\n".join(lines)
-        shown = table[["name", "type", "output_shape", "units", "params", "trainable"]].copy()
+        shown = table[["name", "type", "output_shape", *NUMBERS]].copy()
         shown["name"] = ["\u2003" * d + n for d, n in zip(table["depth"], table["name"])]
         self.tree.value = shown
 

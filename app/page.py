@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import holoviews as hv
 import panel as pn
+from panel.io.resources import parse_template
 
 from netatlas.app.config import AppConfig
 from netatlas.app.dendromap_view import DendroMapView
@@ -15,6 +17,7 @@ from netatlas.app.loader_view import LoaderView
 from netatlas.app.map_view import MapView
 from netatlas.app.model_view import ModelView
 from netatlas.app.neurons_view import NeuronsView
+from netatlas.app.offline_resources import inline_cdn_stylesheets
 from netatlas.app.residual_view import ResidualView
 from netatlas.app.state import POOL, AppState
 
@@ -34,14 +37,38 @@ TOAST_CSS = """
 .notyf__toast--warning .notyf__message { color: #1f1f1f; }
 .notyf__message code { background: rgba(0, 0, 0, 0.15); padding: 0 3px; border-radius: 2px; }
 """
+# The header's controls: Panel's tooltip for each, the element it is anchored to, and what the control does.
+# Panel's tooltips name the control ("Toggle the Theme", "Busy Indicator") rather than what it does, and the
+# controls have no accessible name for a screen reader.
+HEADER_CONTROLS = (
+    ("Toggle the Sidebar", "sidebar-button", "Show or hide the sidebar, where the model and dataset are chosen"),
+    ("Toggle the Theme", "theme-switch", "Light or dark theme"),    # under the switch at the edge: short
+    ("Busy Indicator", "busy-container", "Spins while the server works: the sidebar says on what, and can cancel it"),
+)
 
 
-def load_extensions() -> None:
+def labelled_header(source: str) -> str:
+    """Panel's Fast template ``source`` with each header control's tooltip saying what it does, and the same
+    words as the control's accessible name (aria-label)."""
+    for tooltip, element, text in HEADER_CONTROLS:
+        source = re.sub(rf">\s*{re.escape(tooltip)}\s*</fast-tooltip>", f">{text}</fast-tooltip>", source)
+        source = source.replace(f'id="{element}"', f'id="{element}" aria-label="{text}"')
+    return source
+
+
+def load_extensions(inline: bool = False) -> None:
+    """Panel's and HoloViews' extensions, once per process. ``inline`` (the notebook) puts BokehJS, Panel and
+    their extensions' JS and CSS into the cell's output instead of linking them from CDNs that an offline
+    JupyterLab cannot reach; HoloViews' own load would link them again unless told too. A notebook has no
+    toasts: its errors are raised in the cell (and inlined, Notyf's script would not define its global)."""
     global _extension_loaded
     if not _extension_loaded:
         offline_fonts()
-        pn.extension("tabulator", notifications=True, sizing_mode="stretch_width")
-        hv.extension("bokeh", logo=False)
+        if inline:
+            pn.config.inline = True
+            inline_cdn_stylesheets()
+        pn.extension("tabulator", notifications=not inline, sizing_mode="stretch_width")
+        hv.extension("bokeh", logo=False, inline=pn.config.inline)
         _extension_loaded = True
 
 
@@ -73,6 +100,7 @@ def create_app(config: AppConfig) -> pn.template.base.BasePage:
         title="netatlas", sidebar=[loader], main=[view_tabs(build_views(state))], sidebar_width=320,
         accent_base_color="#3b6ea8", header_background="#2c4f7c", font=SYSTEM_FONTS)
     template.config.raw_css.append(TOAST_CSS)
+    template.template = parse_template(labelled_header(template._template.read_text(encoding="utf-8")))
     pn.state.onload(loader.load)
     return template
 

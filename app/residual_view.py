@@ -10,6 +10,7 @@ import holoviews as hv
 import panel as pn
 import param
 
+from netatlas.app.layout import beside_inputs, field
 from netatlas.app.state import AppState
 from netatlas.backend.residual.paths import EXACT_MAX_UNITS, PathSettings, ResidualReport, _gradient_passes
 from netatlas.backend.workspace import Workspace
@@ -40,11 +41,12 @@ def placeholder_text(units: int, settings: PathSettings) -> str:
             f"its skip, Veit et al.'s paths by length with their gradients, the order-k decomposition ({orders}), "
             f"and lesions. With {units} units and {settings.images} images it runs the model about {passes} times "
             f"(up to {settings.images} images each): the demo ({d_units} units, {d_images} images, {d_passes} passes) "
-            f"takes about {d_seconds} s on a CPU, so expect roughly {_duration(guess)} on a model of the demo's size, "
-            "longer in proportion to a larger model's forward pass.")
+            f"takes about {d_seconds} s on a CPU, so expect roughly {rough_duration(guess)} on a model of the demo's "
+            "size, longer in proportion to a larger model's forward pass.")
 
 
-def _duration(seconds: float) -> str:
+def rough_duration(seconds: float) -> str:
+    """A time estimate in the unit a reader expects: whole seconds, minutes from a minute and a half."""
     return f"{max(1, round(seconds))} s" if seconds < 90 else f"{round(seconds / 60)} min"
 
 
@@ -127,9 +129,8 @@ class ResidualView(pn.viewable.Viewer):
             return io.BytesIO(path.read_bytes())
 
     def __panel__(self) -> pn.viewable.Viewable:
-        controls = pn.Row(self.images, self.samples, self.compute, pn.Spacer(width=20),
-                          pn.Column(pn.pane.Markdown("Export as", margin=(0, 5)), self.fmt),
-                          sizing_mode="stretch_width")
+        controls = pn.Row(self.images, self.samples, beside_inputs(self.compute), pn.Spacer(width=20),
+                          field("Export as", self.fmt), sizing_mode="stretch_width")
         return pn.Column(self.summary, self.units, controls, self.plots, sizing_mode="stretch_width")
 
     @property

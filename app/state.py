@@ -77,6 +77,7 @@ class AppState(param.Parameterized):
                                                sizing_mode="stretch_width", css_classes=["na-cancel"])
         self.cancel_button.on_click(lambda _: self.cancelled.set())
         self._held: Handle[Workspace] | None = None
+        self._running: list[str] = []         # labels of the runs in flight, oldest first
         self._closed = False
         self._skipped_told = 0                # unreadable images the user has been told about
         self.last_error: str | None = None    # the last error's own text (the notebook raises it)
@@ -109,7 +110,11 @@ class AppState(param.Parameterized):
             self._held = None
 
     async def run(self, label: str, work: Callable[[Callable[[int, int], None]], Any]) -> Any:
-        """Run ``work(progress)`` off the event loop; return its result, or None after an error."""
+        """Run ``work(progress)`` off the event loop; return its result, or None after an error.
+
+        ``busy`` stays True until every run in flight has ended: a short run started meanwhile (opening the
+        Diagram tab traces the model) must not re-enable Load, Compute and Open while the first pass still runs."""
+        self._running.append(label)
         self.busy = True
         self.cancelled.clear()
         self.status.object = f"{literal(label)}..."
@@ -132,12 +137,18 @@ class AppState(param.Parameterized):
                        "the server log has the traceback")
             return None
         finally:
+            self._end(label)
+        self.status.object = f"{literal(self._running[-1])}..." if self._running else ""
+        self.report_skipped()
+        return result
+
+    def _end(self, label: str) -> None:
+        """One run has ended: the page is idle again, its progress bar and Cancel hidden, once none is left."""
+        self._running.remove(label)
+        if not self._running:
             self.busy = False
             self.progress.param.update(visible=False, active=False)
             self.cancel_button.visible = False
-        self.status.object = ""
-        self.report_skipped()
-        return result
 
     def report_skipped(self) -> None:
         """Tell the user about images found unreadable since they were last told: found when decoded

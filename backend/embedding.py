@@ -9,7 +9,10 @@ umap-learn is imported only here and only when a UMAP map is asked for: its firs
 numba kernels (tens of seconds), which the app and CLI must not pay for views that do not use it.
 ``import_umap`` has numba cache all of umap's and pynndescent's kernels on disk, not only the few they
 mark ``cache=True``, so that only the first map on a machine compiles them, and makes umap's epoch
-loop report to ``embed``'s progress callback.
+loop report to ``embed``'s progress callback. Up to ``EXACT_NEIGHBOURS_UP_TO`` fitted rows UMAP is
+given the exact nearest neighbours (``exact_knn``, reported block by block): pynndescent, which it
+would use instead, cannot be cached and compiles again in every process (27 s on 2 cores, the bar
+empty meanwhile), and an exact search costs less than that up to 50,000 rows.
 """
 
 from __future__ import annotations
@@ -37,9 +40,13 @@ Method = Literal["umap", "pca"]
 # A seeded UMAP runs on one core; above this many images the app and CLI ask for the parallel one
 # (not bit-reproducible across runs, but cached, so reopening shows the same map).
 PARALLEL_ABOVE = 50_000
+# Up to this many fitted rows UMAP gets the exact nearest neighbours, found here block by block with
+# progress (0.1 s at 5,000 rows, 6 s at 50,000 on 2 cores). umap-learn's own search, pynndescent,
+# compiles its numba kernels again in every process (27 s of the demo's 31 s UMAP) and reports nothing.
+EXACT_NEIGHBOURS_UP_TO = 50_000
 # Share of a UMAP fit before its first epoch (nearest neighbours, fuzzy graph, spectral start): the
-# progress bar jumps there when the epochs, which report one by one, begin.
-NEIGHBOURS_SHARE = 0.4
+# exact search fills it block by block; the epochs, which report one by one, share the rest.
+NEIGHBOURS_SHARE = 0.2
 NO_UMAP = "umap-learn is not installed: pip install umap-learn (or use --method pca)"
 
 
@@ -76,7 +83,7 @@ def default_seed(n: int) -> int | None:
 
 def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Progress | None = None) -> Embedding:
     """Embed the rows of ``x`` in 2-D (see the module docstring); ``progress`` gets (rows placed, N),
-    and during the UMAP fit its epochs as a share of the fitted rows."""
+    and during the UMAP fit its neighbour search and then its epochs as a share of the fitted rows."""
     if settings.method not in ("umap", "pca"):
         raise NetatlasError(f"unknown embedding method {settings.method!r}: use umap or pca")
     x = _checked(x)
@@ -93,15 +100,7 @@ def embed(x: np.ndarray, settings: EmbedSettings = EmbedSettings(), progress: Pr
         return Embedding(_standardized(xy), np.ones(n, bool), "pca")
     fitted = _fit_rows(n, settings)
     xy = np.empty((n, 2), dtype=np.float32)
-    model = _umap(settings, len(fitted))
-
-    def epoch_done(epoch: int, epochs: int) -> None:
-        report(int(len(fitted) * (NEIGHBOURS_SHARE + (1 - NEIGHBOURS_SHARE) * epoch / epochs)), n)
-
-    with warnings.catch_warnings(), _epochs_reported(epoch_done):
-        warnings.filterwarnings("ignore", message=".*n_jobs.*")  # umap: a seed disables parallelism
-        warnings.filterwarnings("ignore", message="Cannot cache compiled function")  # see import_umap
-        xy[fitted] = model.fit_transform(reduced[fitted])
+    xy[fitted], model = _fit_umap(reduced[fitted], settings, lambda done, _: report(done, n))
     report(len(fitted), n)
     rest = np.setdiff1d(np.arange(n), fitted, assume_unique=True)
     if len(rest):
@@ -227,10 +226,57 @@ def _fit_rows(n: int, settings: EmbedSettings) -> np.ndarray:
     return np.sort(rng.choice(n, settings.fit_sample, replace=False))
 
 
-def _umap(settings: EmbedSettings, n_fit: int):
-    umap = import_umap()
-    return umap.UMAP(n_components=2, n_neighbors=min(settings.n_neighbors, n_fit - 1),
-                     min_dist=settings.min_dist, random_state=settings.seed, low_memory=True)
+def _fit_umap(x: np.ndarray, settings: EmbedSettings, progress: Progress) -> tuple[np.ndarray, Any]:
+    """(UMAP's 2-D positions of the rows of ``x``, the fitted umap.UMAP); ``progress`` gets (work done,
+    len(x)): the exact neighbours block by block (up to ``EXACT_NEIGHBOURS_UP_TO`` rows, before umap is
+    even imported), then the epochs one by one."""
+    n, k, start = len(x), min(settings.n_neighbors, len(x) - 1), int(len(x) * NEIGHBOURS_SHARE)
+    knn = None
+    if n <= EXACT_NEIGHBOURS_UP_TO:
+        knn = exact_knn(x, k, lambda done, total: progress(int(start * done / total), n))
+    else:
+        progress(max(1, start // 10), n)          # pynndescent reports nothing: the bar at least starts
+    model = import_umap().UMAP(n_components=2, n_neighbors=k, min_dist=settings.min_dist,
+                               random_state=settings.seed, low_memory=True,
+                               precomputed_knn=(None, None, None) if knn is None else (*knn, None))
+
+    def epoch_done(epoch: int, epochs: int) -> None:
+        progress(int(start + (n - start) * epoch / epochs), n)
+
+    with warnings.catch_warnings(), _epochs_reported(epoch_done):
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")  # umap: a seed disables parallelism
+        warnings.filterwarnings("ignore", message="Cannot cache compiled function")  # see import_umap
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]")  # no search index: we never transform
+        return model.fit_transform(x), model
+
+
+def exact_knn(x: np.ndarray, k: int, progress: Progress | None = None,
+              block: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, distances) of each row's ``k`` nearest rows, itself first at distance 0, nearest first:
+    what umap-learn's search returns, but exact. The ``k`` smallest squared distances of one matrix
+    product per block of rows (``block`` entries at most), then their distances computed directly: the
+    product's rounding would leave a row a small distance from itself, and UMAP measures each row's
+    neighbours from the first one farther than 0."""
+    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    n = len(points)
+    norms = (points * points).sum(1)
+    rows = max(1, min(block // n, -(-n // 20)))      # 20 reports at least
+    index = np.empty((n, k), dtype=np.int64)
+    distance = np.empty((n, k), dtype=np.float32)
+    for i0 in range(0, n, rows):
+        chunk = torch.arange(i0, min(i0 + rows, n))
+        d2 = torch.addmm(norms[None, :], points[chunk], points.T, alpha=-2)
+        d2[torch.arange(len(chunk)), chunk] = -torch.inf    # itself first, whatever the rounding
+        near = d2.topk(k, largest=False).indices
+        exact = torch.linalg.vector_norm(points[near] - points[chunk, None, :], dim=2)
+        exact[:, 0] = 0
+        order = torch.cat([torch.zeros(len(chunk), 1, dtype=torch.int64),
+                           exact[:, 1:].argsort(dim=1, stable=True) + 1], dim=1)
+        index[i0:i0 + len(chunk)] = near.gather(1, order).numpy()
+        distance[i0:i0 + len(chunk)] = exact.gather(1, order).numpy()
+        if progress:
+            progress(i0 + len(chunk), n)
+    return index, distance
 
 
 # ----------------------------------------------------------------------------- umap-learn, once per machine

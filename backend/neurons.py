@@ -38,6 +38,16 @@ def unit_baseline(values: np.ndarray, block: int = 65_536) -> tuple[np.ndarray, 
     return mean, np.sqrt(variance)
 
 
+def highest_mean_units(baseline: tuple[np.ndarray, np.ndarray], k: int = 10) -> pd.DataFrame:
+    """The ``k`` units with the highest mean over the dataset, with that mean and standard deviation (from
+    ``unit_baseline``); a unit whose mean is NaN or infinite ranks last. What the whole dataset's top units are:
+    ``top_units``' excess over the dataset mean is 0 for every unit there, by definition."""
+    mean, spread = baseline
+    rank = np.where(np.isfinite(mean), mean, -np.inf)
+    best = np.argsort(-rank, kind="stable")[:k]
+    return pd.DataFrame({"unit": best, "dataset mean": mean[best], "dataset sd": spread[best]})
+
+
 def top_units(values: np.ndarray, members: np.ndarray, k: int = 10,
               baseline: tuple[np.ndarray, np.ndarray] | None = None, sample: int = 10_000,
               seed: int = 0) -> pd.DataFrame:

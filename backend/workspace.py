@@ -41,7 +41,7 @@ UNREADABLE_VERSION = 1
 RESIDUAL_VERSION = 3   # 3: a model without a classifier head is measured against its output
 FACETS_VERSION = 3     # 2: rank and SDs above the dataset max, not a ratio to it; 3: no canvas under 32 px
 CLUSTER_VERSION = 1
-EMBEDDING_VERSION = 1
+EMBEDDING_VERSION = 2    # 2: UMAP on the exact nearest neighbours up to 50,000 rows (pynndescent before)
 _RESIDUAL_META = b"netatlas.residual.meta"
 T = TypeVar("T")
 

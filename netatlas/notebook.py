@@ -109,27 +109,27 @@ def kan(checkpoint: str | Path = "demo", sample: str | Path | None = None, famil
 
     path = (demo_kan() if str(checkpoint) == "demo" else Path(checkpoint).expanduser()).resolve()
     roots = [assets_dir(), path.parent] + ([Path(sample).resolve().parent] if sample else [])
-    load_extensions()
+    load_extensions(inline=True)
     state = AppState(AppConfig(roots=AllowedRoots.of(*roots), trust_pickle=trust_pickle))
     view = _notebook_views(state)["KAN"]
-    view.checkpoint.value = str(path)
+    changes = [(view.checkpoint, str(path))]
     if sample is not None:
-        view.sample.value = str(Path(sample).resolve())
+        changes.append((view.sample, str(Path(sample).resolve())))
     if family is not None:
-        view.family.value = family
-    _checked(state, view._on_open)
-    return view
+        changes.append((view.family, family))
+    _settle(state, changes, view._on_open)
+    return _in_cell(view, state)
 
 
 class Atlas:
     """One model and dataset (the Workspace the page uses), with the page's views and its results."""
 
     def __init__(self, workspace: Workspace, config: AppConfig) -> None:
-        load_extensions()
+        load_extensions(inline=True)
         self.workspace = workspace
-        self.state = AppState(config)
-        self.views = _notebook_views(self.state)
-        _checked(self.state, lambda: setattr(self.state, "workspace", workspace))   # as on the page's Load
+        self.config = config
+        self.views: dict[str, Any] = {}          # the views the last call built, by the page's tab names
+        self._cell("Model")
 
     def __repr__(self) -> str:
         loaded, dataset = self.workspace.loaded, self.workspace.dataset
@@ -153,39 +153,38 @@ class Atlas:
     # ---- views -----------------------------------------------------------------------------------
     def model(self) -> Any:
         """The module tree with output shapes and parameter counts."""
-        return self.views["Model"]
+        return self._cell("Model")
 
     @_notebook_errors
     def neurons(self, layer: str | None = None, unit: int = 0) -> Any:
         """Top and bottom images and the histogram of one unit (``layer`` "": the logits)."""
-        view = self.views["Neurons"]
+        view = self._cell("Neurons")
+        changes = [(view.unit, unit)]
         if layer is not None:
             self._warm(lambda p: self.workspace.activations([layer] if layer else [], view.reduction.value, p))
-            view.layer.value = layer or LOGITS
-        view.unit.value = unit
-        _checked(self.state, view._on_layer)
+            changes.insert(0, (view.layer, layer or LOGITS))
+        _settle(view.state, changes, view._on_layer)
         return view
 
     @_notebook_errors
     def facets(self, layer: str, unit: int, k: int = 4, steps: int = 200) -> Any:
         """One synthetic image per facet of what the unit detects, beside its exemplars."""
         view = self.neurons(layer, unit).facets
-        view.k.value, view.steps.value = k, steps
         self._warm(lambda p: self.workspace.facets(layer, unit, FacetSettings(k=k), FeatvizSettings(steps=steps), p))
-        _checked(self.state, view._on_run)
-        return view
+        _settle(view.state, [(view.k, k), (view.steps, steps)], view._on_run)
+        return _in_cell(view, view.state)
 
     @_notebook_errors
     def dendromap(self, layer: str | None = None) -> Any:
         """The zoomable treemap of the images' hierarchical clusters (``layer`` "": the logits)."""
-        view = self.views["DendroMap"]
+        view = self._cell("DendroMap")
         if layer is not None:
-            view.layer.value = layer or LOGITS
+            _settle(view.state, [(view.layer, layer or LOGITS)])
         name = self._layer_name(view)
         with _progress_bar("clustering", "step") as progress:
             tree = self.workspace.cluster_tree(name, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
-        view.show(tree, vectors, acts.predictions)
+        _settle(view.state, [], lambda: view.show(tree, vectors, acts.predictions))
         view.shown = True
         return view
 
@@ -196,51 +195,68 @@ class Atlas:
         from netatlas.app.map_view import COLOR_BY, METHODS, NEEDS_PREDICTIONS
         from netatlas.backend.embedding import EmbedSettings, default_seed
 
-        view = self.views["Map"]
+        view = self._cell("Map")
         label = _label_of(COLOR_BY, color, "color")
         note = self.workspace.predictions_note
         if note and label in NEEDS_PREDICTIONS:
             raise NetatlasError(f"colour {color!r} needs predictions, and this model has none: {note}")
-        view.color_by.value = label
-        view.method.value = _label_of(METHODS, method, "method")
+        changes = [(view.color_by, label), (view.method, _label_of(METHODS, method, "method"))]
         if layer is not None:
-            view.layer.value = layer or LOGITS
+            changes.append((view.layer, layer or LOGITS))
+        _settle(view.state, changes)
         name = self._layer_name(view)
         settings = EmbedSettings(method=METHODS[view.method.value], seed=default_seed(len(self.workspace.dataset)))
         with _progress_bar("mapping", "step") as progress:
             embedding = self.workspace.embedding(name, settings=settings, progress=progress)
             _, vectors, acts = self.workspace.representation(name)
-        view.show(embedding, vectors, acts.predictions)
+        _settle(view.state, [], lambda: view.show(embedding, vectors, acts.predictions))
         view.shown = True
         return view
 
     @_notebook_errors
     def diagram(self, fold_depth: int | None = None) -> Any:
         """The neural circuit diagram; ``.save("fig.pdf")`` writes it (.svg .pdf .png .tex)."""
-        view = self.views["Diagram"]
+        view = self._cell("Diagram")
         if view.circuit is None:
-            view.show(self.workspace.circuit)
-        view.depth.value = fold_depth or 0
+            _settle(view.state, [], lambda: view.show(self.workspace.circuit))
+        _settle(view.state, [(view.depth, fold_depth or 0)])
         view.shown = True
         return view
 
     @_notebook_errors
     def residual(self, units: Sequence[str] | None = None, images: int = 256, samples: int = 8) -> Any:
         """Residual-expansion path plots: paths by length, gradient per length, orders, lesions."""
-        view = self.views["Residual"]
-        if units is not None:
-            view.units.value = list(units)
-        view.images.value, view.samples.value = images, samples
+        view = self._cell("Residual")
+        chosen = list(units) if units is not None else list(view.units.value)
         settings = PathSettings(images=images, samples=samples)
-        self._warm(lambda p: self.workspace.residual_paths(list(view.units.value), settings, p))
-        _checked(self.state, view._on_compute)
+        self._warm(lambda p: self.workspace.residual_paths(chosen, settings, p))
+        _settle(view.state, [(view.units, chosen), (view.images, images), (view.samples, samples)],
+                view._on_compute)
         return view
 
     def app(self) -> pn.viewable.Viewable:
-        """Every view as the page's tabs, on this workspace; ``.servable()`` serves it."""
-        return view_tabs(self.views)
+        """Every view as the page's tabs, on this workspace, with the status line under them;
+        ``.servable()`` serves it."""
+        state = self._open_views(tabs=True)
+        return pn.Column(view_tabs(self.views), state.status, state.progress, state.cancel_button,
+                         sizing_mode="stretch_width")
 
     # ---- helpers ---------------------------------------------------------------------------------
+    def _cell(self, name: str) -> Any:
+        """The view ``name`` of a new set of the page's views on this workspace, with its own status line.
+
+        Each call shows its own objects: an earlier cell's output stays what it was, and no Bokeh model is
+        owned by two cells' documents (which made a button in the second one fail without a word)."""
+        state = self._open_views()
+        return _in_cell(self.views[name], state)
+
+    def _open_views(self, tabs: bool = False) -> AppState:
+        """A new session on this workspace and its views (``self.views``), as the page's Load opens them."""
+        state = AppState(self.config)
+        self.views = _notebook_views(state, tabs)
+        _checked(state, lambda: setattr(state, "workspace", self.workspace))
+        return state
+
     def _warm(self, compute: Callable[[Callable[[int, int], None]], Any]) -> None:
         """Compute into the cache here, with a progress bar; the view then reads it at once."""
         with _progress_bar("computing", "step") as progress:
@@ -269,6 +285,18 @@ def _label_of(options: dict[str, str], value: str, what: str) -> str:
     raise NetatlasError(f"unknown {what} {value!r}: use one of {', '.join(options.values())}")
 
 
+def _settle(state: AppState, changes: Sequence[tuple[Any, Any]], then: Callable[[], Coroutine | None] | None = None
+            ) -> None:
+    """Set widgets' values (``(widget, value)`` pairs), then run ``then``, with every watcher they trigger
+    finished before the cell returns. Set from the cell itself, a value's async watchers would run on the
+    kernel's loop once the cell had returned, and undo what it shows (a new layer clears the facets)."""
+    def work() -> Coroutine | None:
+        for widget, value in changes:
+            widget.value = value
+        return then() if then is not None else None
+    _checked(state, work)
+
+
 def _checked(state: AppState, work: Callable[[], Coroutine | None]) -> None:
     """``_run(work)``, raising what the page would have shown as an error (views report through the state),
     in the notebook's words."""
@@ -278,14 +306,26 @@ def _checked(state: AppState, work: Callable[[], Coroutine | None]) -> None:
         raise NetatlasError(notebook_words(state.last_error))
 
 
-def _notebook_views(state: AppState) -> dict[str, Any]:
-    """The page's views for cells, not tabs (their texts say "view"). Building them lists the KAN checkpoints
+def _notebook_views(state: AppState, tabs: bool = False) -> dict[str, Any]:
+    """The page's views for cells, not tabs (their texts say "view"), unless ``tabs``. Building them lists the KAN checkpoints
     under the notebook's folders (those of its checkpoint and data), which opens every state_dict there with
     the safe unpickler: a file pickled with protocol 4 (not torch's 2) made torch warn on each na.open."""
-    state.tabs = False
+    state.tabs = tabs
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
         return build_views(state)
+
+
+def _in_cell(view: Any, state: AppState) -> Any:
+    """``view``, drawn in its cell with its session's status line, progress bar and Cancel under it: what a
+    button pressed in the cell computes, and the error it may end with, show in that cell (the page shows
+    them in its sidebar). The view stays the page's own object, with its ``.data`` and methods."""
+    body = type(view).__panel__
+
+    def framed() -> pn.viewable.Viewable:
+        return pn.Column(body(view), state.status, state.progress, state.cancel_button, sizing_mode="stretch_width")
+    view.__panel__ = framed
+    return view
 
 
 @contextlib.contextmanager

@@ -51,3 +51,23 @@ def run_coroutine(coroutine) -> None:
     """To completion in a thread of its own: the browser tests' sync Playwright keeps a loop running here."""
     with ThreadPoolExecutor(1) as thread:
         thread.submit(asyncio.run, coroutine).result()
+
+
+def page_views(loaded, dataset, cache_dir) -> tuple[dict, object]:
+    """The page's linked views (by tab name) and the Workspace they have open, as after the page's Load
+    but with no first pass run (the state's watchers are not told)."""
+    import param
+
+    from netatlas.app.config import AppConfig
+    from netatlas.app.page import build_views, load_extensions
+    from netatlas.app.state import AppState
+    from netatlas.backend.cache import ResultCache
+    from netatlas.backend.workspace import Workspace
+
+    load_extensions()
+    ws = Workspace(loaded, dataset, ResultCache(cache_dir), device="cpu")
+    state = AppState(AppConfig())
+    built = build_views(state)
+    with param.discard_events(state):
+        state.workspace = ws
+    return built, ws

@@ -10,9 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from netatlas.backend.embedding import EmbedSettings, Embedding, approximate_knn, embed, membership, pca
+from netatlas.backend.embedding import (EmbedSettings, Embedding, approximate_knn, embed, exact_knn, membership,
+                                       pca)
 from netatlas.backend.errors import NetatlasError
-from netatlas.viz.embedding import MapPoints, aggregate, legend_html, map_png, render
+from netatlas.viz.embedding import MapPoints, aggregate, legend_html, map_png, render, spread
 
 RNG = np.random.default_rng(7)
 
@@ -85,6 +86,86 @@ def test_render_highlight_keeps_chosen_points_and_fades_the_rest():
     assert alpha_lit[left & (alpha_plain > 0)].max() <= 45                   # faded
     right = alpha_plain[:, 55:] > 0                                         # x > 1.5: all chosen
     assert alpha_lit[:, 55:][right].min() >= 190                            # drawn at full strength
+
+
+# ----------------------------------------------------------------------------- point size
+def disk(r: float) -> np.ndarray:
+    """The pixels within ``r`` of a pixel's centre: the dot a spread point covers."""
+    d = np.arange(-int(r), int(r) + 1)
+    return d[:, None] ** 2 + d[None, :] ** 2 <= r * r
+
+
+def lit(points: MapPoints, x_range, y_range, width: int, height: int, **kw) -> np.ndarray:
+    return render(points, "class", x_range, y_range, width, height, **kw).data[..., 3] > 0
+
+
+def test_a_lone_point_is_a_dot_five_pixels_across():
+    xy = np.array([[0.0, 0.0], *RNG.normal(size=(4_999, 2)) * 0.2 + 100], np.float32)   # one far from the rest
+    points = MapPoints.build(xy, np.zeros(len(xy), int), None, ["a"])
+    drawn = lit(points, (-1, 1), (-1, 1), 41, 41)                   # only the lone point in view, at (20, 20)
+    expected = np.zeros((41, 41), bool)
+    expected[18:23, 18:23] = disk(2.5)
+    assert drawn.sum() == 21 and np.array_equal(drawn, expected)
+
+
+def clusters(n: int) -> MapPoints:
+    """``n`` points in ten round clusters, wide enough that 5,000 of them leave gaps between pixels."""
+    rng = np.random.default_rng(3)
+    which = rng.integers(0, 10, n)
+    xy = rng.uniform(-10, 10, (10, 2))[which] + rng.normal(size=(n, 2)) * 1.5
+    return MapPoints.build(xy.astype(np.float32), which, None, [str(i) for i in range(10)])
+
+
+def typical_spacing_px(counts: np.ndarray) -> int:
+    """By brute force: each point's neighbours in the 7 x 7 pixels around its own, per pixel; the
+    median over the points; the spacing 1 / sqrt of that in whole pixels, at most 2."""
+    rows, cols = np.nonzero(counts)
+    around = [counts[max(r - 3, 0):r + 4, max(c - 3, 0):c + 4].sum() / 49 for r, c in zip(rows, cols)]
+    typical = np.median(np.repeat(around, counts[rows, cols].astype(int)))
+    return min(2, int(1 / np.sqrt(typical)))
+
+
+@pytest.mark.parametrize("n", [5_000, 1_000_000])
+def test_points_are_dots_the_typical_spacing_across(n):
+    """5,000 points in ten clusters are dots (each lit pixel grown to a disk the typical spacing in
+    radius); a million in the same clusters fill them pixel by pixel and are drawn unspread: not one
+    pixel lit beyond those the points fall in, so dense clusters do not swell into blobs."""
+    from scipy.ndimage import binary_dilation
+
+    points, view = clusters(n), ((-16.0, 16.0), (-16.0, 16.0), 320, 260)
+    counts = numpy_counts(points, *view)
+    px = typical_spacing_px(counts)
+    assert px == (1 if n == 5_000 else 0)
+    alone = np.flipud(counts > 0)                                   # the rendered image has y up
+    expected = binary_dilation(alone, disk(px + 0.5)) if px else alone
+    assert np.array_equal(lit(points, *view), expected)
+
+
+def test_highlighted_points_keep_their_size():
+    """The chosen points are drawn as big as in the plain view (sized by every point in view), where
+    drawn alone, being fewer, they would be spread wider."""
+    points = random_points(5_000)
+    chosen = np.flatnonzero(points.xy[:, 0] > 1)
+    view = ((-5.0, 5.0), (-5.0, 5.0), 300, 300)                     # x = 1 at column 180
+    strong = render(points, "class", *view, highlight=chosen).data[..., 3] > 45
+    plain_right = lit(points, *view)[:, 182:]                       # past the others' 1 px of spread
+    alone = MapPoints.build(points.xy[chosen].astype(np.float32), np.zeros(len(chosen), int), None, ["a"])
+    assert np.array_equal(strong[:, 182:], plain_right)
+    assert lit(alone, *view)[:, 182:].sum() > 1.2 * plain_right.sum()
+
+
+@pytest.mark.parametrize("fill", [0.002, 0.05, 0.5])
+def test_spread_is_datashaders_pixel_for_pixel(fill):
+    """Our spread (no numba kernel to compile) against datashader's tf.spread on random RGBA images."""
+    import datashader.transfer_functions as tf
+    import xarray as xr
+
+    alpha = RNG.integers(1, 256, 500).astype(np.uint32) << 24
+    colours = RNG.integers(0, 2 ** 24, 500).astype(np.uint32) | alpha
+    data = np.where(RNG.random((60, 80)) < fill, colours[RNG.integers(0, 500, (60, 80))], 0).astype(np.uint32)
+    image = tf.Image(xr.DataArray(data, dims=["y", "x"], coords={"x": np.arange(80.0), "y": np.arange(60.0)}))
+    for px in (1, 2, 3):
+        assert np.array_equal(spread(image, px).data, tf.spread(image, px).data), px
 
 
 # ----------------------------------------------------------------------------- selection vs brute force
@@ -210,7 +291,7 @@ def test_umap_reports_its_epochs_and_can_be_cancelled_between_them():
         pass
 
     def cancel(done, total):
-        if 0 < done < total:
+        if total // 2 < done < total:                         # past the neighbour search: between epochs
             raise Stop
     with pytest.raises(Stop):
         embed(x, EmbedSettings(n_neighbors=10, seed=0), cancel)
@@ -218,6 +299,55 @@ def test_umap_reports_its_epochs_and_can_be_cancelled_between_them():
     import umap
     umap.UMAP(n_neighbors=10, random_state=0, n_epochs=5).fit_transform(x)
     assert seen == []
+
+
+def test_progress_moves_while_the_nearest_neighbours_are_found(monkeypatch):
+    """The bar moves from the start: the neighbour search reports block by block before the first epoch."""
+    import netatlas.backend.embedding as embedding
+
+    x, _ = blobs(600, dims=10)
+    searching, real = [False], embedding.exact_knn
+
+    def watched(*args, **kwargs):
+        searching[0] = True
+        try:
+            return real(*args, **kwargs)
+        finally:
+            searching[0] = False
+    monkeypatch.setattr(embedding, "exact_knn", watched)
+    seen = []
+    embed(x, EmbedSettings(n_neighbors=10, seed=0), lambda done, total: seen.append((done, total, searching[0])))
+    during = [done for done, total, search in seen if search]
+    assert len(set(during)) >= 10 and all(0 < done < 600 for done in during)
+    assert during == sorted(during)
+    assert seen.index((during[-1], 600, True)) < len(seen) - 100        # the epochs follow, one by one
+
+
+def test_exact_knn_is_the_brute_force_neighbours_itself_first():
+    x = (RNG.normal(size=(700, 12)) * 40 + 300).astype(np.float32)       # large norms: rounding would show
+    x[5] = x[9]                                                          # a duplicate: two rows at distance 0
+    index, distance = exact_knn(x, 8, block=5_000)                      # several blocks
+    full = np.linalg.norm(x[:, None].astype(np.float64) - x[None], axis=2)
+    assert np.array_equal(index[:, 0], np.arange(len(x))) and not distance[:, 0].any()
+    np.fill_diagonal(full, np.inf)
+    expected = np.sort(full, axis=1)[:, :7]
+    np.testing.assert_allclose(distance[:, 1:], expected, rtol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(full, index[:, 1:], 1), expected, rtol=1e-5)
+
+
+def test_umap_graph_on_our_neighbours_is_umaps_own():
+    """Below 4,096 rows umap-learn finds the neighbours itself from every pairwise distance (no
+    pynndescent): given ours it builds the same fuzzy graph; and the same seed gives the same map."""
+    from netatlas.backend.embedding import import_umap
+
+    x, _ = blobs(800, dims=10)
+    umap = import_umap()
+    theirs = umap.UMAP(n_neighbors=10, random_state=0, n_epochs=2).fit(x).graph_
+    knn = (*exact_knn(x, 10), None)
+    ours = umap.UMAP(n_neighbors=10, random_state=0, n_epochs=2, precomputed_knn=knn).fit(x)
+    assert abs(theirs - ours.graph_).max() < 1e-4 and theirs.nnz == ours.graph_.nnz
+    settings = EmbedSettings(n_neighbors=10, seed=0)
+    assert np.array_equal(embed(x, settings).xy, embed(x, settings).xy)
 
 
 def test_umap_functions_are_cached_by_numba():

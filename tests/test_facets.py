@@ -302,6 +302,18 @@ def test_partly_collapsed_facets_are_named_and_distinct_ones_get_no_note():
     assert note in page and "the same image as facet 3" in page and "the same image as facet 1" in page
 
 
+def test_facets_less_diverse_than_their_starts_say_so():
+    rng = np.random.default_rng(3)
+    starts = rng.integers(0, 256, size=(4, 8, 8), dtype=np.uint8)
+    pulled = (starts // 4 + np.roll(starts, 1, axis=0) // 4 * 3).astype(np.uint8)   # mixed with each other
+    report = report_of(pulled, starts=starts, start_diversity=pixel_diversity(starts))
+    assert 0 < report.diversity < report.start_diversity
+    note = convergence_note(report, hint="")
+    assert note == (f"The facets are less diverse than the images they started from ({report.diversity:.3f} "
+                    f"against {report.start_diversity:.3f}): the optimization pulled them together.")
+    assert convergence_note(report_of(pulled, starts=pulled, start_diversity=report.diversity)) is None
+
+
 def test_report_round_trip_keeps_the_new_numbers_and_old_tables_are_recomputed():
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, size=(3, 8, 8), dtype=np.uint8)

@@ -122,18 +122,9 @@ def test_map_points_without_predictions_offer_no_colouring_by_them():
 @pytest.fixture
 def views(small_loaded, small_dataset, cache_dir):
     """The page's linked views on a small model, with its representation, tree and map computed."""
-    from netatlas.app.config import AppConfig
-    from netatlas.app.page import build_views, load_extensions
-    from netatlas.app.state import AppState
-    from netatlas.backend.cache import ResultCache
-    from netatlas.backend.workspace import Workspace
+    from tests.backend_support import page_views
 
-    load_extensions()
-    ws = Workspace(small_loaded, small_dataset, ResultCache(cache_dir), device="cpu")
-    state = AppState(AppConfig())
-    built = build_views(state)
-    with param.discard_events(state):
-        state.workspace = ws
+    built, ws = page_views(small_loaded, small_dataset, cache_dir)
     _, vectors, acts = ws.representation("")
     assert acts.predictions is not None                   # the small model is a classifier
     return built, ws, vectors, acts

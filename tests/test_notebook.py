@@ -77,7 +77,7 @@ def test_views_are_the_pages_own_and_show_the_workspaces_results(atlas, tmp_path
     assert type(facets) is FacetsView and len(facets.report.images) == 2
     assert type(na.kan("demo")) is KANView
     page = atlas.app()
-    assert len(page.objects) == 7 and list(atlas.views) == ["Model", "Diagram", "Neurons", "DendroMap", "Map",
+    assert len(page.objects[0].objects) == 7 and list(atlas.views) == ["Model", "Diagram", "Neurons", "DendroMap", "Map",
                                                             "Residual", "KAN"]
     with pytest.raises(NetatlasError, match="unknown color"):
         atlas.map(color="rainbow")

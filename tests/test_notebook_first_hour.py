@@ -113,6 +113,30 @@ def test_texts_say_view_where_there_are_no_tabs(atlas):
     assert "highlighted in the DendroMap view" in embedding.selected.object
     assert embedding.data["selected"].sum() == 10
     embedding.select(None)
+    assert "the layer of the Neurons view" in atlas.dendromap().units_title.object
+
+
+def test_each_call_shows_its_own_view_and_an_earlier_cell_keeps_its_own(atlas):
+    first = atlas.neurons("blocks.5", unit=7)
+    shown = first.top.object
+    second = atlas.neurons("blocks.5", unit=3)
+    assert second is not first and second.top is not first.top
+    assert first.current_unit() == ("blocks.5", 7) and first.top.object == shown
+    assert second.current_unit() == ("blocks.5", 3) and second.top.object != shown
+    assert atlas.facets("", 3, k=2, steps=5) is not atlas.facets("", 3, k=2, steps=5)
+
+
+def test_an_error_from_a_button_in_a_cell_shows_in_that_cell(atlas):
+    """The view's own status line is drawn under it (a notebook has no sidebar): what its callbacks report."""
+    view = atlas.diagram()
+    layout = view.__panel__()
+    status = [obj for obj in layout.objects if "na-status" in getattr(obj, "css_classes", [])]
+    assert len(status) == 1
+    view.state.error("a *literal* message")
+    assert status[0].object == "**Error:** a \\*literal\\* message"
+    assert view.state.status is status[0]
+    other = atlas.diagram()
+    assert other.state.status is not view.state.status and other.state.status.object == ""
 
 
 # ---- .data -------------------------------------------------------------------------------------------------

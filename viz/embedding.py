@@ -1,6 +1,8 @@
 """The embedding map: every image a point at its 2-D position, aggregated by datashader into one pixel
 grid per view, so a zoom costs one pass over the points however many there are (1M in well under a
-second on two cores) and the browser receives an image, never the points.
+second on two cores) and the browser receives an image, never the points. Points are drawn as dots
+sized by how densely they lie in the view (``spread_px``): 5,000 images are 3-5 px dots, a million
+fill their clusters pixel by pixel.
 
 ``MapPoints`` holds the positions and the columns the map can be coloured by; ``render`` turns a view
 (x and y ranges, pixel size, colouring, highlighted images) into a HoloViews RGB element; selection
@@ -18,6 +20,7 @@ from typing import Literal
 import colorcet
 import datashader as ds
 import datashader.transfer_functions as tf
+from datashader.composite import over
 import holoviews as hv
 import numpy as np
 import pandas as pd
@@ -30,6 +33,8 @@ CORRECTNESS = ["correct", "misclassified", "unlabeled"]
 CORRECTNESS_COLORS = ["#3a7fc1", "#d62728", "#9a9a9a"]
 VALUE_CMAP = colorcet.fire[40:]           # dark to bright; low activations stay visible on white
 DENSITY_CMAP = colorcet.blues[60:]
+MAX_SPREAD_PX = 2          # points are drawn at most 5 px across (``spread_px``)
+DENSITY_WINDOW = 7         # pixels: the square a point's neighbours are counted in (``point_density``)
 
 
 @dataclass
@@ -128,8 +133,7 @@ def aggregate(points: MapPoints | pd.DataFrame, color_by: ColorBy, x_range: tupl
     frame = points.frame if isinstance(points, MapPoints) else points
     if color_by in NEEDS_PREDICTIONS and color_by not in frame:
         raise ValueError(f"colouring by {color_by!r} needs predictions, and this model has none")
-    canvas = ds.Canvas(plot_width=max(int(width), 1), plot_height=max(int(height), 1),
-                       x_range=tuple(map(float, x_range)), y_range=tuple(map(float, y_range)))
+    canvas = _canvas(x_range, y_range, width, height)
     if color_by in CATEGORICAL:
         reduction = ds.count_cat(color_by)
     elif color_by == "value":
@@ -137,6 +141,11 @@ def aggregate(points: MapPoints | pd.DataFrame, color_by: ColorBy, x_range: tupl
     else:
         reduction = ds.count()
     return canvas.points(frame, "x", "y", agg=reduction)
+
+
+def _canvas(x_range: tuple[float, float], y_range: tuple[float, float], width: int, height: int) -> ds.Canvas:
+    return ds.Canvas(plot_width=max(int(width), 1), plot_height=max(int(height), 1),
+                     x_range=tuple(map(float, x_range)), y_range=tuple(map(float, y_range)))
 
 
 def category_colors(points: MapPoints, color_by: str) -> dict[str, str]:
@@ -156,9 +165,10 @@ def category_colors(points: MapPoints, color_by: str) -> dict[str, str]:
 
 
 def shade(points: MapPoints, agg, color_by: ColorBy, value_span: tuple[float, float] | None = None,
-          alpha: int = 255) -> tf.Image:
+          alpha: int = 255, px: int = 0) -> tf.Image:
     """Colour an aggregate: categories mixed by count, values on a fixed span (so a colour means the
-    same activation at every zoom), density on a histogram-equalized ramp; sparse points dilated."""
+    same activation at every zoom), density on a histogram-equalized ramp; each point drawn ``px``
+    pixels wider on every side (``spread_px``)."""
     floor = min(alpha, 190)                  # a lone point stays visible next to dense clusters
     if color_by in CATEGORICAL:
         image = tf.shade(agg, color_key=category_colors(points, color_by), how="eq_hist",
@@ -167,20 +177,86 @@ def shade(points: MapPoints, agg, color_by: ColorBy, value_span: tuple[float, fl
         image = tf.shade(agg, cmap=VALUE_CMAP, how="linear", span=value_span, alpha=alpha, min_alpha=floor)
     else:
         image = tf.shade(agg, cmap=DENSITY_CMAP, how="eq_hist", alpha=alpha, min_alpha=floor)
-    return tf.dynspread(image, threshold=0.75, max_px=4)
+    return spread(image, px)
 
 
 def shaded_view(points: MapPoints, color_by: ColorBy, x_range: tuple[float, float],
                 y_range: tuple[float, float], width: int, height: int,
                 highlight: np.ndarray | None = None) -> tf.Image:
-    """The shaded view; with ``highlight`` (image indices) the rest fades and those keep their colour."""
+    """The shaded view; with ``highlight`` (image indices) the rest fades and those keep their colour.
+    Points are sized by the density of all the points in view, so a chosen point keeps its size."""
     span = _value_span(points) if color_by == "value" else None
-    base = aggregate(points, color_by, x_range, y_range, width, height)
+    base, counts = _aggregate_counted(points, color_by, x_range, y_range, width, height)
+    px = spread_px(counts)
     if highlight is None:
-        return shade(points, base, color_by, span)
+        return shade(points, base, color_by, span, px=px)
     chosen = points.frame.iloc[np.asarray(highlight, np.int64)]
     top = aggregate(chosen, color_by, x_range, y_range, width, height)
-    return tf.stack(shade(points, base, color_by, span, alpha=45), shade(points, top, color_by, span))
+    return tf.stack(shade(points, base, color_by, span, alpha=45, px=px),
+                    shade(points, top, color_by, span, px=px))
+
+
+# ----------------------------------------------------------------------------- point size
+def spread_px(counts: np.ndarray) -> int:
+    """How many pixels each point is spread by on every side: the typical spacing between the points
+    in view, 1 / sqrt(points per pixel around the typical point), in whole pixels, at most
+    ``MAX_SPREAD_PX``. 5,000 images in a few clusters are 3 px dots and a zoom into one of them 5 px
+    dots; a million fill their clusters pixel by pixel and stay 1 px, so dense clusters keep their
+    outline and their colours' mix. One size for the whole view: sized per pixel, the sparse rim of a
+    dense cluster grew a halo of big dots around a core of small ones."""
+    density = point_density(counts)
+    return 0 if density <= 0 else int(min(MAX_SPREAD_PX, np.floor(1 / np.sqrt(density))))
+
+
+def point_density(counts: np.ndarray) -> float:
+    """Points per pixel around the typical point in view: each point's count in the
+    ``DENSITY_WINDOW``-pixel square around it over the square's area, the median over the points (not
+    over pixels, so a few outliers do not shrink the clusters' dots); 0 when the view is empty."""
+    from scipy.ndimage import uniform_filter
+
+    lit = counts > 0
+    if not lit.any():
+        return 0.0
+    around = uniform_filter(counts.astype(np.float32), DENSITY_WINDOW, mode="constant")[lit]
+    order = np.argsort(around, kind="stable")
+    cumulative = np.cumsum(counts[lit][order], dtype=np.float64)
+    return float(around[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
+def spread(image: tf.Image, px: int) -> tf.Image:
+    """datashader's ``tf.spread(image, px)`` (a circle, composited "over", later pixels on top), pixel
+    for pixel, as one shifted copy per pixel of the circle: datashader's own numba kernel compiles for
+    2-3 s in every process, which the first picture of a map would wait on."""
+    if px <= 0:
+        return image
+    data = np.asarray(image.data, dtype=np.uint32)
+    h, w = data.shape
+    ys, xs = np.nonzero((data >> 24) > 0)
+    colours = data[ys, xs]
+    out = np.zeros((h + 2 * px) * (w + 2 * px), np.uint32)
+    d = np.arange(-px, px + 1)
+    circle = np.hypot(d[:, None], d[None, :]) <= px + 0.5          # datashader's circle of radius px
+    offsets = sorted(zip(*np.nonzero(circle)), reverse=True)      # a pixel's sources in raster order
+    for i, j in offsets:
+        at = (ys + i) * (w + 2 * px) + xs + j       # one offset moves every lit pixel to a different place
+        below = out[at]
+        under = below != 0                          # an empty pixel takes the colour as it is
+        below[under] = over(colours[under], below[under])
+        below[~under] = colours[~under]
+        out[at] = below
+    return image.copy(data=out.reshape(h + 2 * px, w + 2 * px)[px:px + h, px:px + w].copy())
+
+
+def _aggregate_counted(points: MapPoints, color_by: ColorBy, x_range: tuple[float, float],
+                       y_range: tuple[float, float], width: int, height: int):
+    """(the aggregate ``shade`` colours, [height, width] points per pixel) in one pass over the points."""
+    if color_by != "value":
+        agg = aggregate(points, color_by, x_range, y_range, width, height)
+        counts = agg.values.sum(axis=2) if agg.ndim == 3 else agg.values
+        return agg, counts
+    canvas = _canvas(x_range, y_range, width, height)
+    both = canvas.points(points.frame, "x", "y", agg=ds.summary(count=ds.count(), value=ds.mean("value")))
+    return both["value"], both["count"].values
 
 
 def render(points: MapPoints, color_by: ColorBy, x_range: tuple[float, float] | None = None,

@@ -93,6 +93,10 @@ def convergence_note(report: FacetReport, hint: str = PAGE_HINT) -> str | None:
     elif report.diversity is not None and report.diversity < NEAR_SAME:
         note = (f"The facets' pixels correlate at {1 - report.diversity:.4f} on average: nearly the same image "
                 "(up to brightness and contrast).")
+    elif (report.diversity is not None and report.start_diversity is not None
+          and report.diversity < report.start_diversity):
+        note = (f"The facets are less diverse than the images they started from ({report.diversity:.3f} against "
+                f"{report.start_diversity:.3f}): the optimization pulled them together.")
     else:
         return None
     return f"{note} {hint}" if hint else note

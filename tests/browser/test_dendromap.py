@@ -67,6 +67,12 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     # The 8 top clusters are scipy's Ward clusters of the same code, with the same accuracy.
     top = tile_labels(page)
     assert top == scipy_top_clusters(8)
+    # The whole dataset has no excess over its own mean: its units are the most active ones, said so.
+    units = page.locator(".na-units-title")
+    expect(units).to_contain_text("Most active units", timeout=30_000)
+    unit_columns = page.locator(".na-top-units .tabulator-col-title")
+    expect(unit_columns.filter(has_text="dataset mean")).to_have_count(1)
+    expect(unit_columns.filter(has_text="excess")).to_have_count(0)
 
     # Zoom in two levels, a click anywhere on a tile (its centre is a thumbnail): the breadcrumbs grow,
     # the tiles are the clicked cluster's parts.
@@ -74,6 +80,8 @@ def test_dendromap_zoom_breadcrumbs_colour_filter_export(page, demo_server):
     page.locator(".na-tile", has_text=f"{biggest:,} images").click()
     crumbs = page.locator(".na-crumb")
     expect(crumbs).to_have_count(2, timeout=30_000)
+    expect(units).to_contain_text("Top units of this cluster", timeout=30_000)
+    expect(unit_columns.filter(has_text="excess")).to_have_count(1)
     level1 = settled_labels(page, biggest)
     assert sum(size for size, _ in level1) == biggest and len(level1) >= 2
     # The side panel follows: the class table counts the zoomed cluster's images.

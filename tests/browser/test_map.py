@@ -63,7 +63,13 @@ def test_map_hover_box_select_and_dendromap_links(page, demo_server):
     expect(summary).to_contain_text("PCA preview", timeout=120_000)         # a picture while UMAP runs
     expect(legend).to_contain_text("true class", timeout=60_000)           # after the first render
     expect(page.locator(".na-cancel")).to_be_visible()                      # with its progress bar
-    expect(summary).to_contain_text("UMAP map", timeout=300_000)            # UMAP's first run compiles
+    page.wait_for_function(f"({IMAGE_SUM})() > 0", timeout=30_000)
+    preview = page.evaluate(IMAGE_SUM)
+    # Then the UMAP map, and its picture on the page: the steps below act on the map they measure (acting
+    # on the preview, a UMAP landing between two box selections moved the images under the second).
+    expect(summary).not_to_contain_text("PCA preview", timeout=300_000)    # UMAP's first run compiles
+    expect(summary).to_contain_text("UMAP map")
+    page.wait_for_function(f"(s => s > 0 && s !== {preview})(({IMAGE_SUM})())", timeout=30_000)
     for digit in range(10):
         expect(legend).to_contain_text(f"{digit} (500)")
     plot = page.locator(".na-map canvas").first
