@@ -129,7 +129,6 @@ class Atlas:
         self.workspace = workspace
         self.config = config
         self.views: dict[str, Any] = {}          # the views the last call built, by the page's tab names
-        self._cell("Model")
 
     def __repr__(self) -> str:
         loaded, dataset = self.workspace.loaded, self.workspace.dataset
