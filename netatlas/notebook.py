@@ -129,6 +129,9 @@ class Atlas:
         self.workspace = workspace
         self.config = config
         self.views: dict[str, Any] = {}          # the views the last call built, by the page's tab names
+        # Opened now, as the page's Load does (a model that cannot run fails here, in the na.open cell), and
+        # handed to the first view asked for; every later call builds its own.
+        self._unshown: AppState | None = self._open_views()
 
     def __repr__(self) -> str:
         loaded, dataset = self.workspace.loaded, self.workspace.dataset
@@ -250,7 +253,11 @@ class Atlas:
         return _in_cell(self.views[name], state)
 
     def _open_views(self, tabs: bool = False) -> AppState:
-        """A new session on this workspace and its views (``self.views``), as the page's Load opens them."""
+        """A new session on this workspace and its views (``self.views``), as the page's Load opens them; the
+        one opened with the Atlas if no cell has shown it yet."""
+        state, self._unshown = getattr(self, "_unshown", None), None
+        if state is not None and state.tabs == tabs:
+            return state
         state = AppState(self.config)
         self.views = _notebook_views(state, tabs)
         _checked(state, lambda: setattr(state, "workspace", self.workspace))
