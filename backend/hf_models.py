@@ -23,6 +23,7 @@ from typing import Any, Iterator
 from torch import nn
 
 from netatlas.backend.errors import NetatlasError, first_line
+from netatlas.backend.image_towers import image_tower, is_image_text_model
 from netatlas.backend.preprocessing import Preprocessing
 
 CONFIG = "config.json"
@@ -90,7 +91,7 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str], list[str]]:
     if not (isinstance(candidates[0], type) and hasattr(candidates[0], "from_pretrained")):
         raise NetatlasError(f"{folder.name}/config.json names the class {named}, which transformers "
                             f"{transformers.__version__} does not have: upgrade transformers, or fix 'architectures'")
-    if named:
+    if named and not is_image_text_model(candidates[0]):
         _check_takes_images(candidates[0], folder)
     transformers.utils.logging.disable_progress_bar()
     dtype = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
@@ -103,16 +104,20 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str], list[str]]:
                 if isinstance(exc, ValueError) and i + 1 < len(candidates):
                     continue           # an Auto class that does not map this config type: try the next
                 raise NetatlasError(_load_failure(folder, exc, report)) from exc
-        report.release()
         break
-    if not named:
+    if not named and not is_image_text_model(type(model)):
         _check_takes_images(type(model), folder)
-    notes = [f"loaded with transformers {transformers.__version__} as {type(model).__name__}"]
+    name = type(model).__name__
+    notes = [f"loaded with transformers {transformers.__version__} as {name}"]
     missing = sorted(info.get("missing_keys") or ())
+    if is_image_text_model(type(model)):         # refused before the report: its table would not be the error
+        model, tower_note, missing = image_tower(model, folder.name, missing)
+        notes.append(tower_note)
+    report.release()
     if missing:
         notes.append(f"{len(missing)} weights are not in the folder and were initialised at random "
                      f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    return model.eval(), type(model).__name__, notes, missing
+    return model.eval(), name, notes, missing
 
 
 NON_IMAGE_INPUTS = ("input_ids", "inputs_embeds", "input_values", "input_features", "decoder_input_ids")

@@ -2,7 +2,7 @@
 input is wrong and what to do, and exits 2.
 
 Broken checkpoints (random bytes, zero bytes, cut in half, a folder named x.pt, a config.json that does not
-parse, a config that does not fit the weights, a Hugging Face CLIP folder whose forward needs text, a model
+parse, a config that does not fit the weights, a Hugging Face CLIP folder without its vision weights, a model
 whose forward needs a second input) and broken datasets (random bytes, zero bytes, cut in half, a folder) go
 to each command they fit, in-process; one real process checks the exit code and stderr end to end.
 """
@@ -65,7 +65,9 @@ def _png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _tiny_clip(folder: Path) -> Path:
+def _clip_without_its_image_tower(folder: Path) -> Path:
+    """A CLIP folder whose saved weights lack the vision model (transformers would make them up)."""
+    from safetensors.torch import load_file, save_file
     from transformers import CLIPConfig, CLIPModel
 
     tower = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=1)
@@ -74,6 +76,9 @@ def _tiny_clip(folder: Path) -> Path:
                         vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=8)
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("vision_model.")}, folder / "model.safetensors",
+              metadata={"format": "pt"})
     return folder
 
 
@@ -119,7 +124,7 @@ def broken(tmp_path_factory) -> dict[str, Path]:
     files["bad_config"].mkdir()
     (files["bad_config"] / "config.json").write_text('{"architectures": ["ViTModel"],')
     (files["bad_config"] / "model.safetensors").write_bytes(junk)
-    files["clip"] = _tiny_clip(root / "clip")
+    files["clip"] = _clip_without_its_image_tower(root / "clip")
     files["vit_misfit"] = _vit_with_a_foreign_config(root / "vit_misfit")
 
     rng = np.random.default_rng(1)
@@ -201,13 +206,12 @@ def test_a_broken_dataset_is_one_line(broken, tmp_path, capsys, command, data):
 
 
 def test_what_the_messages_say(broken, tmp_path, capsys):
-    """The CLIP folder asks for its vision tower, a config that does not fit names a tensor, corrupt bytes
-    say so: each message says what to do, not only what went wrong."""
+    """The CLIP folder without its vision weights says so, a config that does not fit names a tensor, corrupt
+    bytes say so: each message says what to do, not only what went wrong."""
     said = {name: (main(_argv("info", broken[name], broken["good.npz"], tmp_path)), capsys.readouterr().err)
             for name in ("clip", "vit_misfit", "half.pt", "random.safetensors", "bad_config")}
     assert all(code == 2 for code, _ in said.values())
-    assert "CLIPModel" in said["clip"][1] and "CLIPVisionModel" in said["clip"][1]
-    assert "input_ids" in said["clip"][1]
+    assert "clip's image tower is not in its weights" in said["clip"][1] and "vision_model." in said["clip"][1]
     assert "does not fit the weights" in said["vit_misfit"][1] and "torch.Size" not in said["vit_misfit"][1]
     assert "truncated or corrupt" in said["half.pt"][1] and "truncated or corrupt" in said["random.safetensors"][1]
     assert "not valid JSON" in said["bad_config"][1]
@@ -252,14 +256,15 @@ def test_the_last_net_catches_a_bug_in_one_line(monkeypatch, tmp_path, capsys):
 
 
 def test_the_real_process_exits_2_without_a_traceback(broken):
-    """``python -m netatlas.cli info <CLIP folder>``: exit code 2 and one line on stderr, nothing else."""
+    """``python -m netatlas.cli info <CLIP folder without its vision weights>``: exit code 2 and one line on
+    stderr, nothing else."""
     env = {**os.environ, "NETATLAS_DEBUG": ""}
     done = subprocess.run([sys.executable, "-m", "netatlas.cli", "info", str(broken["clip"])], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert done.stderr.strip().splitlines() == [line for line in done.stderr.strip().splitlines()
-                                                if line.startswith("netatlas: error: clip holds a CLIPModel")]
+                                                if line.startswith("netatlas: error: clip's image tower")]
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
