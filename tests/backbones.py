@@ -33,3 +33,32 @@ def digit_folder(root: Path, n: int = 40) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{i:03d}.png")
     return root / "digits"
+
+
+TOWER = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2)
+TEXT = dict(TOWER, vocab_size=64, max_position_embeddings=16)
+
+
+def clip_folder(root: Path) -> Path:
+    """A tiny CLIP (``CLIPModel``: text and image towers, a 32 px ViT) with CLIP's image processor."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    folder = root / "clip-tiny"
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(TEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+                        vision_config=dict(TOWER, image_size=32, patch_size=8), projection_dim=8)
+    CLIPModel(config).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder
+
+
+def siglip_folder(root: Path) -> Path:
+    """A tiny SigLIP (``SiglipModel``: no projection, the vision model's pooling head) with its processor."""
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    folder = root / "siglip-tiny"
+    torch.manual_seed(1)
+    config = SiglipConfig(text_config=TEXT, vision_config=dict(TOWER, image_size=32, patch_size=8))
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

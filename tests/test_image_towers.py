@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import (AutoImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, SiglipConfig, SiglipImageProcessor,
-                          SiglipModel)
+from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPModel, SiglipImageProcessor, SiglipModel
 
 from netatlas.backend.activations import extract_activations
 from netatlas.backend.checkpoint import load_checkpoint
@@ -21,9 +20,7 @@ from netatlas.backend.datasets import folder_dataset
 from netatlas.backend.demo import demo_digits
 from netatlas.backend.residual.blocks import find_residual_units
 from netatlas.cli import main
-
-TOWER = dict(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2)
-TEXT = dict(TOWER, vocab_size=64, max_position_embeddings=16)
+from tests.backbones import clip_folder, siglip_folder
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +33,6 @@ def images(tmp_path_factory) -> Path:
         folder.mkdir(exist_ok=True)
         Image.fromarray(np.stack([digits[i]] * 3, -1)).resize((36 + i, 40), Image.BILINEAR).save(folder / f"{i}.png")
     return root
-
-
-def clip_folder(root: Path) -> Path:
-    folder = root / "clip-tiny"
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(TEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-                        vision_config=dict(TOWER, image_size=32, patch_size=8), projection_dim=8)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
-
-
-def siglip_folder(root: Path) -> Path:
-    folder = root / "siglip-tiny"
-    torch.manual_seed(1)
-    config = SiglipConfig(text_config=TEXT, vision_config=dict(TOWER, image_size=32, patch_size=8))
-    SiglipModel(config).save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
 
 
 BUILDERS = {"clip": (clip_folder, CLIPModel, CLIPImageProcessor),
