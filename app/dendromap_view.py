@@ -93,7 +93,8 @@ class DendroMapView(pn.viewable.Viewer):
                                             hidden_columns=["label"], height=240, sizing_mode="stretch_width",
                                             titles={"accuracy": "acc"}, layout="fit_data_fill",
                                             css_classes=["na-classes"])
-        self.units_title = pn.pane.Markdown(UNITS_TITLE.format(neurons=state.where("Neurons")), sizing_mode="stretch_width", css_classes=["na-units-title"])
+        self.units_title = pn.pane.Markdown(UNITS_TITLE.format(neurons=state.where("Neurons")),
+                                            sizing_mode="stretch_width", css_classes=["na-units-title"])
         self.units = pn.widgets.Tabulator(pd.DataFrame(), selectable=1, disabled=True, show_index=False,
                                           height=200, sizing_mode="stretch_width", css_classes=["na-top-units"],
                                           titles={"excess (sd)": "excess"}, layout="fit_data_fill")

@@ -204,7 +204,29 @@ def render(view: CircuitView, fmt: str, style: DiagramStyle | None = None, dpi: 
         return dot_to_tikz(dot.source).encode()
     if fmt == "png":
         dot.attr(dpi=str(dpi))
-    return dot.pipe(format=fmt)
+    return _pipe(dot, fmt)
+
+
+def _pipe(dot: graphviz.Digraph, fmt: str) -> bytes:
+    """``dot`` laid out by Graphviz. ``newrank`` keeps a module's ops in rank order across its fence, but
+    Graphviz 2.43 (Debian 12's) crashes on it for some nested fences (a CLIP vision tower opened to every
+    module): the diagram is then laid out without it, as Graphviz did before newrank existed."""
+    try:
+        return dot.pipe(format=fmt)
+    except graphviz.CalledProcessError as first:
+        if dot.graph_attr.get("newrank") != "true":
+            raise NetatlasError(f"Graphviz could not draw the diagram ({_dot_failure(first)})") from first
+    dot.graph_attr.pop("newrank")
+    try:
+        return dot.pipe(format=fmt)
+    except graphviz.CalledProcessError as second:
+        raise NetatlasError(f"Graphviz could not draw the diagram ({_dot_failure(second)}): fold it to a smaller "
+                            "depth") from second
+
+
+def _dot_failure(exc: graphviz.CalledProcessError) -> str:
+    said = (exc.stderr or b"").decode(errors="replace").strip().splitlines()
+    return said[0] if said else f"dot exited with {exc.returncode}"
 
 
 def export(view: CircuitView, path: str | Path, style: DiagramStyle | None = None, dpi: int = 150) -> Path:
