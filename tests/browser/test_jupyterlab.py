@@ -40,7 +40,8 @@ def lab(tmp_path_factory):
     port = free_port()
     env = {**os.environ, "NETATLAS_CACHE_DIR": str(root / "cache"), "JUPYTER_CONFIG_DIR": str(root / "jupyter-config"),
            "JUPYTER_RUNTIME_DIR": str(root / "runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"), "PYTHONUNBUFFERED": "1"}
+           "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / "lab-workspaces"), "PYTHONUNBUFFERED": "1"}
     log = root / "lab.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--port={port}", "--ip=127.0.0.1",
