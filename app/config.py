@@ -11,6 +11,7 @@ from typing import Any
 from netatlas.backend.architectures import is_import_path
 from netatlas.backend.arguments import checkpoint_path, preprocessing_from_args
 from netatlas.backend.checkpoint import read_sidecar
+from netatlas.backend.hf_cache import launch_cache
 from netatlas.backend.pool import default_max_memory
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.demo import assets_dir, demo_checkpoint
@@ -37,15 +38,21 @@ class AppConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "AppConfig":
-        """The ``serve`` arguments; the folders of the given checkpoint and data become roots too."""
+        """The ``serve`` arguments; the folders of the given checkpoint and data become roots too.
+
+        A checkpoint or data in the Hugging Face cache (a repo id, a repo folder, a snapshot) makes that
+        cache readable, and the sidebar lists its repos by id: the user opened the page with it. A cache
+        the launch does not name stays unreadable (it may hold gated or private repos, and a page served
+        beyond localhost should read only what the launch named); ``--root`` on it lists it as well."""
         roots = [assets_dir(), *args.root]
         for given in (args.checkpoint, args.data):
             if given != "demo" and Path(given).exists():
                 path = Path(given).resolve()
                 roots.append(path if path.is_dir() else path.parent)
+        hub = launch_cache((args.checkpoint, "model"), (args.data, "dataset"))
         return cls(checkpoint=args.checkpoint, data=args.data, image_column=getattr(args, "image_column", None),
                    label_column=getattr(args, "label_column", None), arch=args.arch,
-                   arch_kwargs=args.arch_kwargs, roots=AllowedRoots.of(*roots),
+                   arch_kwargs=args.arch_kwargs, roots=AllowedRoots.of(*roots, hub=hub),
                    cache_dir=args.cache_dir, device=args.device, trust_pickle=args.trust_pickle,
                    loopback=is_loopback(args.address),
                    preprocessing=preprocessing_from_args(args, checkpoint_path(args.checkpoint)),

@@ -15,6 +15,7 @@ from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import default_preprocessing, load_checkpoint, read_sidecar
 from netatlas.backend.datasets import load_dataset
 from netatlas.backend.demo import demo_checkpoint
+from netatlas.backend.hf_cache import cached_repos, local_path, repo_label
 from netatlas.backend.hf_models import hf_folder
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.timm_models import model_names as timm_model_names
@@ -63,18 +64,33 @@ class LoaderView(pn.viewable.Viewer):
         self.import_archs = self.state.config.import_architectures()
         self.arch.options = self.import_archs + torchvision_names() + timm_model_names()
         ckpts = {DEMO_LABEL: "demo"}
-        ckpts.update({self._label(p): str(p) for p in roots.checkpoints() if p != demo_checkpoint()})
+        ckpts.update(self._entries([p for p in roots.checkpoints() if p != demo_checkpoint()], "model"))
         data = {"demo: 5,000 MNIST digits": "demo"}
-        data.update({self._label(p): str(p) for p in roots.datasets()})
+        data.update(self._entries(roots.datasets(), "dataset"))
         self.checkpoint.options, self.dataset.options = ckpts, data
 
+    def _entries(self, paths: list[Path], kind: str) -> dict[str, str]:
+        """Label -> path of what the roots hold, then of the readable Hugging Face cache's ``kind`` repos,
+        named by id (the snapshot a repo opens at is the same path whichever way it was found)."""
+        entries = {self._label(p): str(p) for p in paths}
+        hub = self.state.config.roots.hub
+        if hub is not None:
+            entries.update({repo.label: str(repo.snapshot) for repo in cached_repos(hub, kind)})
+        return entries
+
     def _label(self, path: Path) -> str:
-        return root_label(path, self.state.config.roots.roots)
+        """A path in a hub cache snapshot by its repo id (not its 40-hex revision), else by its root."""
+        return repo_label(path) or root_label(path, self.state.config.roots.roots)
 
     def _select_initial(self) -> None:
         config = self.state.config
-        for widget, given in ((self.checkpoint, config.checkpoint), (self.dataset, config.data)):
-            value = given if given == "demo" else str(Path(given).resolve())
+        for widget, given, kind in ((self.checkpoint, config.checkpoint, "model"),
+                                    (self.dataset, config.data, "dataset")):
+            value = launch_value(given, kind)
+            if value != "demo" and value not in widget.options.values() and Path(value).exists():
+                # What the launch names is opened whether the listing found it or not (a format it does not
+                # list, a folder past its depth): the sidebar must not show, and load, something else.
+                widget.options = {self._label(Path(value)): value, **widget.options}
             if value in widget.options.values():
                 widget.value = value
         if config.arch:
@@ -114,21 +130,19 @@ class LoaderView(pn.viewable.Viewer):
             ckpt = demo_checkpoint() if ckpt_value == "demo" else config.roots.check(ckpt_value)
             data = "demo" if data_value == "demo" else config.roots.check(data_value)
             kwargs = parse_kwargs(kwargs_text) if kwargs_text else None
-            launched = ckpt_value == config.checkpoint or (
-                config.checkpoint != "demo" and Path(ckpt_value) == Path(config.checkpoint).resolve())
+            launched = ckpt_value in (config.checkpoint, launch_value(config.checkpoint, "model"))
             preprocessing = parse_preprocessing(overrides, lambda: default_preprocessing(ckpt, arch, kwargs).to_dict())
             if preprocessing is None and launched:
                 preprocessing = config.preprocessing
             trusted = trust and config.allow_trust_pickle
             key = model_key(ckpt, arch, kwargs, preprocessing, trusted, config.device)
-            launch_data = data_value == config.data or (
-                config.data != "demo" and Path(str(data_value)) == Path(config.data).resolve())
+            launch_data = data_value in (config.data, launch_value(config.data, "dataset"))
             columns = {"image_column": config.image_column, "label_column": config.label_column} if launch_data else {}
             dataset = load_dataset(data, **columns)
             handle = open_workspace(
                 POOL, key, lambda: load_checkpoint(ckpt, arch, kwargs, trust_pickle=trusted, preprocessing=preprocessing),
                 dataset, ResultCache(config.cache_dir), config.device, dask=config.dask_client, source=str(data),
-                estimate=file_nbytes(ckpt), label=ckpt.name)
+                estimate=file_nbytes(ckpt), label=display_name(ckpt))
             try:
                 # Off the event loop: the module table needs a forward pass, and finding the residual units
                 # a trace, which waits while another session's trace runs (fx traces one at a time).
@@ -139,7 +153,7 @@ class LoaderView(pn.viewable.Viewer):
                 raise
             return handle
 
-        handle = await state.run(f"Loading {Path(str(ckpt_value)).name}", work)
+        handle = await state.run(f"Loading {display_name(Path(str(ckpt_value)))}", work)
         if handle is not None:
             state.hold(handle)
             state.report_skipped()
@@ -156,6 +170,22 @@ class LoaderView(pn.viewable.Viewer):
             self.dataset, self.load_button, self.rescan, self.state.progress, self.state.cancel_button,
             self.state.status,
             sizing_mode="stretch_width")
+
+
+def launch_value(given: str, kind: str) -> str:
+    """The sidebar value a launch argument stands for: "demo", or its resolved path (for a Hugging Face
+    repo id or repo folder, the snapshot's), as the listing under the roots gives it."""
+    if given == "demo":
+        return given
+    try:
+        return str(local_path(given, kind).resolve())
+    except NetatlasError:                 # not cached: nothing in the sidebar is it
+        return str(Path(given).resolve())
+
+
+def display_name(path: Path) -> str:
+    """What status lines call a model: a cache snapshot by its repo id, anything else by its name."""
+    return repo_label(path) or path.name
 
 
 def root_label(path: Path, roots: tuple[Path, ...]) -> str:

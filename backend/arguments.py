@@ -80,9 +80,12 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def checkpoint_path(given: str) -> Path:
+    """The checkpoint's path: the demo's, a cached hub id's snapshot (so that --size and the like apply over
+    that model's own preprocessing), or the path given."""
     from netatlas.backend.demo import demo_checkpoint
+    from netatlas.backend.hf_cache import local_path
 
-    return demo_checkpoint() if given == "demo" else Path(given)
+    return demo_checkpoint() if given == "demo" else local_path(given, "model")
 
 
 def preprocessing_from_args(args: argparse.Namespace, path: Path | None):

@@ -25,9 +25,12 @@ from torch import nn
 from netatlas.backend.architectures import build_architecture, is_import_path
 from netatlas.backend.classifier import Head, declared_head
 from netatlas.backend.errors import NetatlasError, first_line
+from netatlas.backend.hf_cache import local_path
 from netatlas.backend.hf_models import (folder_hash, hf_classes, hf_folder, hf_preprocessing, load_hf_model,
                                         read_json_object)
 from netatlas.backend.preprocessing import Preprocessing
+from netatlas.backend.timm_folder import (TimmFolder, describe_timm_folder, timm_folder, timm_folder_classes,
+                                         timm_folder_model, timm_folder_preprocessing)
 from netatlas.backend.timm_models import timm_name, timm_preprocessing
 
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
@@ -72,12 +75,21 @@ class LoadedModel:
 def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                     *, trust_pickle: bool = False, preprocessing: Preprocessing | None = None,
                     device: str | torch.device = "cpu") -> LoadedModel:
-    """Load ``path`` into an eval-mode model on ``device``; user-fixable problems raise NetatlasError."""
-    path = Path(path).expanduser()
+    """Load ``path`` into an eval-mode model on ``device``; user-fixable problems raise NetatlasError.
+
+    ``path`` may also be a Hugging Face cache repo folder or a repo id (``org/name[@revision]``): both open
+    as the snapshot folder they name (``hf_cache``), so they are the same model, by content, as that folder."""
+    path = local_path(path, "model")
     if not path.exists():
         raise NetatlasError(f"checkpoint not found: {path}")
     sidecar = read_sidecar(path)
     arch = arch or sidecar.get("architecture")
+    found = timm_folder(path)   # timm's hub folder: the hub's layout too, but timm's to build, not transformers'
+    if found is not None and (path.is_dir() or not arch or arch == found.arch):
+        loaded = _load_timm_folder(found, sidecar, preprocessing, device)
+        if arch and arch != found.arch:
+            loaded.notes.append(f"--arch {arch} ignored: the architecture comes from config.json")
+        return loaded
     folder = hf_folder(path)
     if folder is not None and (path.is_dir() or not arch or arch.startswith("transformers:")):
         loaded = _load_hf_folder(folder, sidecar, preprocessing, device)
@@ -130,16 +142,36 @@ def _load_hf_folder(folder: Path, sidecar: dict[str, Any], preprocessing: Prepro
                        f"transformers:{class_name}", {}, list(classes) if classes else None, sidecar, notes, missing)
 
 
+def _load_timm_folder(found: TimmFolder, sidecar: dict[str, Any], preprocessing: Preprocessing | None,
+                      device: str | torch.device) -> LoadedModel:
+    """A timm hub folder: its weights read as any checkpoint's (safetensors, or a pickle never trusted with
+    code), loaded strictly into the architecture timm builds from config.json."""
+    weights = found.weights
+    state = (read_safetensors(weights) if weights.suffix == ".safetensors"
+             else find_state_dict(read_pickle(weights, trust_pickle=False), weights))
+    model = timm_folder_model(found, state)
+    if preprocessing is None:
+        preprocessing = default_preprocessing(found.path, None, None, sidecar)
+    own = timm_folder_classes(found)
+    classes = sidecar.get("classes") or own
+    return LoadedModel(model.to(device).eval(), found.path, "timm-folder", folder_hash(found.path), preprocessing,
+                       found.arch, {}, list(classes) if classes else None, sidecar, [describe_timm_folder(found, own)])
+
+
 def default_preprocessing(path: Path | None, arch: str | None, arch_kwargs: dict[str, Any] | None = None,
                           sidecar: dict[str, Any] | None = None) -> Preprocessing:
     """What a model expects when nobody says otherwise: the sidecar's block, else the Hugging Face image
-    processor's or the timm model's own, else torchvision's ImageNet convention (224x224 RGB).
+    processor's, the timm folder's pretrained_cfg or the timm model's own, else torchvision's ImageNet
+    convention (224x224 RGB).
 
     ``path`` None: an architecture alone, no checkpoint (``netatlas diagram none``)."""
     exists = path is not None and path.exists()
     sidecar = read_sidecar(path) if sidecar is None and exists else (sidecar or {})
     if "preprocessing" in sidecar:
         return Preprocessing.from_dict(sidecar["preprocessing"])
+    found = timm_folder(path) if exists else None
+    if found is not None and (not arch or arch == found.arch):
+        return timm_folder_preprocessing(found)
     folder = hf_folder(path) if exists else None
     if folder is not None and (not arch or arch.startswith("transformers:")):
         return hf_preprocessing(folder) or Preprocessing()

@@ -28,12 +28,15 @@ from PIL import Image
 
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.errors import NetatlasError, first_line
+from netatlas.backend.hf_cache import local_path
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 _IMAGE_ENDINGS = tuple(IMAGE_SUFFIXES)
-SHARD_ENDINGS = (".parquet", ".tar")
+SHARD_ENDINGS = (".parquet", ".tar", ".arrow")
+SHARD_MARKERS = frozenset({"data", "dataset_dict.json", "state.json"})  # the hub's data/, save_to_disk's files
 DEMO_NAME = "demo"
-SOURCES_HINT = "an image folder, a .parquet file or folder of shards, .tar shards, a .npz file, or 'demo'"
+SOURCES_HINT = ("an image folder, a .parquet file or folder of shards, a `datasets` save_to_disk folder, "
+                ".tar shards, a .npz file, or 'demo'")
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
 DECODE_CHUNK = 32  # images per thread-pool task: few tasks per batch, yet every thread busy
 
@@ -221,20 +224,26 @@ class DatasetSource:
 def load_dataset(source: str | os.PathLike, image_column: str | None = None,
                  label_column: str | None = None) -> ImageDataset:
     """``demo``, a folder of images (class subfolders give labels), a .npz with ``images``/``labels``,
-    Parquet image tables (a file, a folder of shards, or the hub's ``data/`` layout) or WebDataset .tar
-    shards (a file or a folder). The column options apply to Parquet tables, which usually need none.
+    Parquet image tables (a file, a folder of shards, the hub's ``data/`` layout or its converter's
+    ``<config>/<split>/`` one), a ``datasets`` save_to_disk folder (Arrow) or WebDataset .tar shards (a file
+    or a folder). The column options apply to Parquet and Arrow tables, which usually need none.
+    A Hugging Face cache repo folder or repo id (``org/name[@revision]``) opens as its snapshot (``hf_cache``).
     """
     from netatlas.backend.webdataset import find_tar_shards, webdataset_dataset
 
     if str(source) == DEMO_NAME:
         _no_columns("the demo", image_column, label_column)
         return demo_dataset()
-    path = Path(source).expanduser()
+    path = local_path(source, "dataset")
     if not path.exists():
         raise NetatlasError(f"dataset not found: {path}. Give {SOURCES_HINT}.")
     if path.is_dir() and not _may_hold_shards(path):
         _no_columns(path.name, image_column, label_column)
         return folder_dataset(path)
+    from netatlas.backend.arrow_images import arrow_dataset, is_arrow_dataset
+
+    if is_arrow_dataset(path):
+        return arrow_dataset(path, image_column, label_column)
     if _is_parquet_dataset(path, image_column):
         from netatlas.backend.parquet_images import parquet_dataset
 
@@ -250,13 +259,40 @@ def load_dataset(source: str | os.PathLike, image_column: str | None = None,
 
 
 def _may_hold_shards(folder: Path) -> bool:
-    """Whether the folder has a .parquet or .tar file or a ``data/`` folder: one string test per name,
-    so that a flat folder of 100,000 images is not made into Paths twice more before it is opened."""
+    """Whether the folder has a .parquet, .tar or .arrow file, a ``data/`` folder, save_to_disk's
+    state files, or the hub converter's split folders: one string test per name (and a glance into
+    each subfolder), so that a flat folder of 100,000 images is not made into Paths twice more
+    before it is opened."""
+    subfolders = []
     try:
         with os.scandir(folder) as it:
-            return any(e.name.endswith(SHARD_ENDINGS) or e.name == "data" for e in it)
+            for e in it:
+                if e.name.endswith(SHARD_ENDINGS) or e.name in SHARD_MARKERS:
+                    return True
+                if e.is_dir() and not e.name.startswith("."):
+                    subfolders.append(e.path)
     except OSError:
         return True                                  # let the full checks say what is wrong
+    return any(map(_converter_folder, subfolders))
+
+
+def _converter_folder(folder: str) -> bool:
+    """A split (``default/train/0000.parquet``: its first entry a .parquet file) or a config (its first
+    entry such a split) of the hub converter's layout. A class folder of images answers at its first
+    image, so the glance costs one directory read per subfolder."""
+    first = _first_entry(folder)
+    if first is None or not first.is_dir():
+        return first is not None and first.name.endswith(".parquet")
+    inner = _first_entry(first.path)
+    return inner is not None and inner.name.endswith(".parquet")
+
+
+def _first_entry(folder: str) -> os.DirEntry | None:
+    try:
+        with os.scandir(folder) as it:
+            return next((e for e in it if not e.name.startswith(".")), None)
+    except OSError:
+        return None
 
 
 def _is_parquet_dataset(path: Path, image_column: str | None) -> bool:
@@ -272,10 +308,10 @@ def _is_parquet_dataset(path: Path, image_column: str | None) -> bool:
 
 
 def _no_columns(what: str, image_column: str | None, label_column: str | None) -> None:
-    """Column options name Parquet columns; given for another format they would silently do nothing."""
+    """Column options name Parquet or Arrow columns; given for another format they would silently do nothing."""
     if image_column or label_column:
-        raise NetatlasError(f"--image-column and --label-column choose columns of Parquet tables; {what} "
-                            "is not one: leave them out")
+        raise NetatlasError(f"--image-column and --label-column choose columns of Parquet tables and saved "
+                            f"`datasets` folders; {what} is not one: leave them out")
 
 
 def folder_dataset(root: Path) -> ImageDataset:

@@ -3,7 +3,8 @@
 The model class is the one config.json's ``architectures`` names (else AutoModelForImageClassification,
 else AutoModel); transformers reads the weights from the folder alone (``local_files_only``: never the
 hub), safetensors or ``torch.load(weights_only=True)``, sharded or not. Class names come from
-``id2label``, preprocessing from the image processor's config. The models' forward takes the pixel
+``id2label``, preprocessing from the image processor's config (without one, from config.json's
+``image_size`` and the defaults of the processor class of its model type). The models' forward takes the pixel
 batch as its first argument and returns a ModelOutput, which ``activations.first_tensor`` reads by name;
 a class whose forward takes text first (CLIPModel: ``input_ids``) is refused before loading, with the
 recipe for its vision tower. A failed load is one line: transformers' many-line load report is held back.
@@ -33,7 +34,10 @@ PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box"
 
 
 def hf_folder(path: Path) -> Path | None:
-    """The save_pretrained folder ``path`` is, or holds the weights of (config.json beside them)."""
+    """The save_pretrained folder ``path`` is, or holds the weights of (config.json beside them).
+
+    This is the hub's layout, which timm's ``save_for_hf`` writes too: the layout is enough to list a folder
+    and hash it, while ``load_checkpoint`` asks ``timm_folder`` first so that transformers never reads timm's."""
     folder = path if path.is_dir() else path.parent
     return folder if (folder / CONFIG).is_file() and (path.is_dir() or path.name in _weight_names(folder)) else None
 
@@ -117,6 +121,7 @@ def load_hf_model(folder: Path) -> tuple[nn.Module, str, list[str], list[str]]:
     if missing:
         notes.append(f"{len(missing)} weights are not in the folder and were initialised at random "
                      f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    notes.extend(note for note in [preprocessing_note(folder)] if note)
     return model.eval(), name, notes, missing
 
 
@@ -221,11 +226,105 @@ def folder_hash(folder: Path) -> str:
 
 
 def hf_preprocessing(folder: Path) -> Preprocessing | None:
-    """What the folder's image processor does, as a Preprocessing; None without preprocessor_config.json."""
-    if not (folder / PROCESSOR).is_file():
+    """What the folder's image processor does, as a Preprocessing. Without preprocessor_config.json (what
+    ``Trainer.save_model`` leaves when no processor was passed), what the processor class transformers
+    registers for the model type does by default, at config.json's ``image_size``: a ViT trained at 64 px
+    fails on the 224 px its processor class defaults to. None when neither says anything."""
+    config = read_config(folder)
+    vision = vision_keys(config)
+    channels = int(vision.get("num_channels", 3))
+    if (folder / PROCESSOR).is_file():
+        return _from_processor(read_json_object(folder / PROCESSOR), channels)
+    found = processor_defaults(config)
+    if found is not None:
+        return _from_processor(at_size(found[1], vision.get("image_size")), channels)
+    if not vision:
         return None
-    cfg = read_json_object(folder / PROCESSOR)
-    channels = int(read_config(folder).get("num_channels", 3))
+    size = _pair(vision.get("image_size", 224))
+    return Preprocessing(size=size, grayscale=channels == 1)      # ImageNet's mean and std, as torchvision's
+
+
+def preprocessing_note(folder: Path) -> str | None:
+    """Where the input size and normalization came from when the folder has no preprocessor_config.json."""
+    if (folder / PROCESSOR).is_file():
+        return None
+    config = read_config(folder)
+    size = vision_keys(config).get("image_size")
+    at = f"at config.json's image_size {size}" if size is not None else "at its default size"
+    found = processor_defaults(config)
+    if found is not None:
+        return f"no {PROCESSOR}: the input is {found[0]}'s defaults {at}"
+    return f"no {PROCESSOR} and no image processor for model type {config.get('model_type')!r}: " \
+           f"ImageNet's mean and std {at}"
+
+
+def vision_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """``image_size`` and ``num_channels`` from config.json, else from a multi-tower config's ``vision_config``
+    (CLIP, SigLIP: the image tower's own config)."""
+    vision = config.get("vision_config") if isinstance(config.get("vision_config"), dict) else {}
+    found = {key: config.get(key, vision.get(key)) for key in ("image_size", "num_channels")}
+    return {key: value for key, value in found.items() if value is not None}
+
+
+def processor_defaults(config: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """(class name, its defaults as a preprocessor config) of the image processor transformers registers for
+    config.json's ``model_type`` (a lone vision tower, ``clip_vision_model``, takes its model's): what
+    AutoImageProcessor would build, read from the class itself, no file and no download."""
+    from transformers.models.auto import image_processing_auto as auto
+
+    model_type = str(config.get("model_type", ""))
+    names = (auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type)
+             or auto.IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type.removesuffix("_vision_model")))
+    if isinstance(names, dict):          # transformers 5: one class per backend; PIL's is what netatlas matches
+        name = names.get("pil") or next(iter(names.values()), None)
+    elif isinstance(names, (tuple, list)):   # transformers 4: (slow, fast); the slow one works on PIL images
+        name = next((n for n in names if n), None)
+    else:
+        name = names
+    cls = auto.get_image_processor_class_from_name(name) if name else None
+    if cls is None:
+        return None
+    try:
+        return name, cls().to_dict()
+    except Exception:   # a class that needs a backend not installed here (torchvision) or arguments
+        return None
+
+
+def at_size(cfg: dict[str, Any], image_size: Any) -> dict[str, Any]:
+    """A processor config that gives ``image_size`` images (config.json's, the size the model was built for).
+
+    A resize straight to a size takes the new one; a shorter-edge resize before a centre crop keeps its
+    ratio to the crop (BiT's 256 -> 224 becomes 73 -> 64 at 64 px); a shorter-edge resize alone (ConvNeXt's,
+    its crop_pct applied by ``_sizes``) takes the new edge. Other shapes resize straight.
+    """
+    if image_size is None:
+        return cfg
+    (height, width), cfg = _pair(image_size), dict(cfg)
+    size = cfg.get("size", 224)
+    size = {"height": size, "width": size} if isinstance(size, (int, float)) else dict(size)
+    crop = cfg.get("crop_size")
+    crop = {"height": crop, "width": crop} if isinstance(crop, (int, float)) else crop
+    if "shortest_edge" in size and height == width:
+        edge = int(size["shortest_edge"])
+        if cfg.get("do_center_crop") and crop:
+            edge = round(edge * height / int(crop["height"]))
+            cfg["crop_size"] = {"height": height, "width": width}
+        else:
+            edge = height
+        cfg["size"] = {"shortest_edge": edge}
+    else:
+        cfg["size"], cfg["do_center_crop"] = {"height": height, "width": width}, False
+    return cfg
+
+
+def _pair(size: Any) -> tuple[int, int]:
+    """(H, W) from config.json's ``image_size``: one number, or two."""
+    values = [int(v) for v in (size if isinstance(size, (list, tuple)) else [size])]
+    return values[0], values[-1]
+
+
+def _from_processor(cfg: dict[str, Any], channels: int) -> Preprocessing:
+    """An image processor's config as a Preprocessing; one channel takes the mean of an RGB mean and std."""
     size, resize = _sizes(cfg)
     factor = float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else 1.0
     # x * factor on 0..255 pixels is x/255 * (255 * factor): fold that into mean and std
@@ -235,6 +334,8 @@ def hf_preprocessing(folder: Path) -> Preprocessing | None:
         std = [float(s) / scale for s in _listed(cfg.get("image_std", [1.0]))]
     else:
         mean, std = [0.0], [1.0 / scale]
+    if channels == 1:
+        mean, std = [sum(mean) / len(mean)], [sum(std) / len(std)]
     return Preprocessing(size=size, grayscale=channels == 1, mean=tuple(mean), std=tuple(std), resize=resize,
                          interpolation=PIL_FILTERS.get(cfg.get("resample", 2), "bilinear"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -47,11 +48,51 @@ class _Shard:
 
 
 def find_parquet_shards(path: Path) -> list[Path]:
-    """The shards ``path`` names: itself, the .parquet files in the folder, else those in its ``data/``."""
+    """The shards ``path`` names: itself, the .parquet files in the folder, else those in its ``data/``,
+    else those of the hub converter's layout (``<config>/<split>/NNNN.parquet``, splits sorted)."""
     path = Path(path)
     if path.is_file():
         return [path] if path.suffix == ".parquet" else []
-    return _parquet_files(path) or _parquet_files(path / "data")
+    return _parquet_files(path) or _parquet_files(path / "data") or _converter_shards(path)
+
+
+def _converter_shards(path: Path) -> list[Path]:
+    config = _converter_config(path)
+    return [f for split in _split_folders(config) for f in _parquet_files(split)] if config else []
+
+
+def _converter_config(path: Path) -> Path | None:
+    """The converter's config folder at ``path``: itself when its subfolders (the splits) hold shards,
+    else its only config, else ``default``; among several others the user chooses (rows would mix)."""
+    if _split_folders(path):
+        return path
+    configs = [d for d in _subfolders(path) if _split_folders(d)]
+    chosen = [d for d in configs if d.name == "default"] or configs
+    if len(chosen) > 1:
+        raise NetatlasError(f"{path.name} holds the configs {', '.join(d.name for d in configs)} of one dataset: "
+                            f"give one of their folders, e.g. {configs[0]}")
+    return chosen[0] if chosen else None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted(Path(e.path) for e in it if e.is_dir() and not e.name.startswith("."))
+    except OSError:
+        return []
+
+
+def _split_folders(config: Path) -> list[Path]:
+    """The subfolders that hold .parquet files (a name test each, no Path per file)."""
+    return [d for d in _subfolders(config) if _holds_parquet(d)]
+
+
+def _holds_parquet(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(e.name.endswith(".parquet") and not e.name.startswith(".") for e in it)
+    except OSError:
+        return False
 
 
 def _parquet_files(folder: Path) -> list[Path]:
@@ -65,7 +106,8 @@ def parquet_dataset(path: Path, image_column: str | None = None,
                     label_column: str | None = None) -> ImageDataset:
     """The images of one .parquet file or a folder of shards, in sorted shard order, read lazily.
 
-    Several splits (``data/train-*.parquet``, ``data/test-*.parquet``) give a ``split`` column.
+    Several splits (``data/train-*.parquet``, ``data/test-*.parquet``, or the converter's split folders
+    ``default/train/``, ``default/test/``) give a ``split`` column.
     """
     path = Path(path).resolve()
     files = find_parquet_shards(path)
@@ -83,7 +125,7 @@ def parquet_dataset(path: Path, image_column: str | None = None,
         _check_same_columns(shard, schema, [c for c in (image, label) if c])
     with_paths = struct and _has_child(schema, image, "path")
     labels, label_names, paths = _read_open_columns(shards, label, image if with_paths else None)
-    classes = _classes(label_names, labels, label, features, files[0].parent)
+    classes = _classes(label_names, labels, label, features, _info_dirs(path, files[0]))
     ids, skipped = _ids(shards, paths), []
     reader = ParquetImageReader(path, ids, skipped, [s.path for s in shards], [s.metadata for s in shards],
                                 f"{image}.bytes" if struct else image, struct, *_row_groups(shards))
@@ -301,12 +343,20 @@ def _label_values(column: pa.ChunkedArray) -> tuple[np.ndarray, list[str] | None
 
 
 def _ids(shards: list[_Shard], paths: list[list[str | None]] | None) -> list[str]:
-    """The images' own paths when every one is present and unique, else ``<shard stem>/<row>``."""
+    """The images' own paths when every one is present and unique, else ``<shard stem>/<row>``
+    (``<split folder>/<shard stem>/<row>`` in the converter's layout, whose shards share stems)."""
     if paths is not None:
         flat = [p for shard_paths in paths for p in shard_paths]
         if None not in flat and "" not in flat and len(set(flat)) == len(flat):
             return flat
-    return [f"{s.path.stem}/{row}" for s in shards for row in range(s.metadata.num_rows)]
+    several = _in_several_folders(shards)
+    keys = [f"{s.path.parent.name}/{s.path.stem}" if several else s.path.stem for s in shards]
+    return [f"{key}/{row}" for key, s in zip(keys, shards) for row in range(s.metadata.num_rows)]
+
+
+def _in_several_folders(shards: list[_Shard]) -> bool:
+    """The converter's layout: each split a folder of its own."""
+    return len({s.path.parent for s in shards}) > 1
 
 
 def _row_groups(shards: list[_Shard]) -> tuple[np.ndarray, np.ndarray]:
@@ -318,8 +368,10 @@ def _row_groups(shards: list[_Shard]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _split_column(shards: list[_Shard]) -> dict[str, np.ndarray]:
-    """``{"split": per row}`` from the shards' name prefixes, when they name more than one split."""
-    splits = [_split_name(s.path.stem) for s in shards]
+    """``{"split": per row}`` from the shards' folders (the converter's layout) or name prefixes, when
+    they name more than one split."""
+    several = _in_several_folders(shards)
+    splits = [s.path.parent.name if several else _split_name(s.path.stem) for s in shards]
     if len(set(splits)) < 2:
         return {}
     return {"split": np.repeat(np.array(splits), [s.metadata.num_rows for s in shards])}
@@ -344,18 +396,29 @@ def _manifest_hash(shards: list[_Shard], image: str, label: str | None, classes:
 # -------------------------------------------------------------------------------------- class names
 
 def _classes(label_names: list[str] | None, labels: np.ndarray, label: str | None,
-             features: dict[str, Any], shard_dir: Path) -> list[str]:
-    """Names: string labels; the hub's schema metadata; dataset_info.json; README YAML; else the values."""
+             features: dict[str, Any], dirs: list[Path]) -> list[str]:
+    """Names: string labels; the hub's schema metadata; dataset_info.json or README YAML in ``dirs``
+    (nearest first); else the values."""
     if label_names is not None:
         return label_names
     if label is None:
         return []
-    dirs = [shard_dir, shard_dir.parent] if shard_dir.name == "data" else [shard_dir]
     for found in _feature_sources(features, dirs):
         names = _names_of(found.get(label))
         if names is not None:
             return names
     return [str(c) for c in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
+
+
+def _info_dirs(root: Path, shard: Path) -> list[Path]:
+    """Where the hub's descriptions may lie: the shard's folder and those above it up to the dataset's
+    (``data/`` and the repo; ``default/train/``, ``default/`` and the repo), and the repo above a
+    ``data/`` or a converter config (``default/``) given itself."""
+    dirs = [shard.parent]
+    while dirs[-1] != root and root in dirs[-1].parents:
+        dirs.append(dirs[-1].parent)
+    config = shard.parent.parent == root and shard.parent.name != "data"
+    return dirs + [dirs[-1].parent] if dirs[-1].name == "data" or config else dirs
 
 
 def _feature_sources(features: dict[str, Any], dirs: list[Path]) -> Iterator[dict[str, Any]]:

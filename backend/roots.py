@@ -26,26 +26,36 @@ IMAGE_ENDINGS = tuple(IMAGE_SUFFIXES)
 
 @dataclass(frozen=True)
 class AllowedRoots:
+    """``hub``: a Hugging Face hub cache the page may read too (the one the launch's checkpoint or data is
+    in). Its repos are listed by id (``hf_cache.cached_repos``), not walked: a cache holds every blob
+    twice over (blobs/ and snapshots/), and a walk of it would spend the entry bound on blob names."""
+
     roots: tuple[Path, ...]
     max_depth: int = 4
     max_entries: int = 2000
+    hub: Path | None = None
 
     @classmethod
-    def of(cls, *roots: str | os.PathLike) -> "AllowedRoots":
+    def of(cls, *roots: str | os.PathLike, hub: Path | None = None) -> "AllowedRoots":
         resolved = []
         for root in roots:
             path = Path(root).expanduser().resolve()
             if not path.is_dir():
                 raise NetatlasError(f"--root {root}: not a folder")
             resolved.append(path)
-        return cls(tuple(dict.fromkeys(resolved)))
+        return cls(tuple(dict.fromkeys(resolved)), hub=hub.resolve() if hub is not None else None)
+
+    @property
+    def readable(self) -> tuple[Path, ...]:
+        """Every folder a page may read from: the roots, and the hub cache when there is one."""
+        return self.roots + ((self.hub,) if self.hub is not None else ())
 
     def check(self, path: str | os.PathLike) -> Path:
-        """``path`` resolved (symlinks followed) if it lies inside a root, else NetatlasError."""
+        """``path`` resolved (symlinks followed) if it lies inside a root or the hub cache, else NetatlasError."""
         if str(path) == DEMO_NAME:
             return Path(DEMO_NAME)
         resolved = Path(path).expanduser().resolve()
-        if not any(resolved.is_relative_to(root) for root in self.roots):
+        if not any(resolved.is_relative_to(root) for root in self.readable):
             raise NetatlasError(f"{path} is outside the folders this server may read; "
                                 "start it with --root for that folder")
         return resolved
@@ -76,7 +86,7 @@ class AllowedRoots:
                 if p.suffix == ".npz" or (p.suffix in SHARD_SUFFIXES and not _in_shard_folder(p, shard_folder)
                                           and (p.suffix != ".parquet" or _image_table(p))):
                     found.append(p)
-            elif p.is_dir() and (_holds_images(p)
+            elif p.is_dir() and (_holds_images(p) or _saved_dataset(p)
                                  or (shard_folder(p) and not _in_shard_folder(p, shard_folder))):
                 found.append(p)
         return found
@@ -174,20 +184,49 @@ def _shards(folder: Path, suffix: str) -> list[Path]:
         return []
 
 
+def _saved_dataset(folder: Path) -> bool:
+    """A ``datasets`` save_to_disk folder, listed once: a DatasetDict's split folders are part of it."""
+    from netatlas.backend.arrow_images import is_arrow_dataset
+
+    return is_arrow_dataset(folder) and not (folder.parent / "dataset_dict.json").is_file()
+
+
 def _shard_folder(folder: Path) -> bool:
     """Two or more .tar or Parquet image shards, or (the hub's layout) Parquet image shards in ``data/``.
 
     A single shard is listed as its file; Parquet files count only when they hold images.
     """
     direct = _shards(folder, ".parquet")
-    parquet = direct if len(direct) >= 2 else _shards(folder / "data", ".parquet")
+    parquet = direct if len(direct) >= 2 else _shards(folder / "data", ".parquet") or _converter_layout(folder)
     return len(_shards(folder, ".tar")) >= 2 or (bool(parquet) and _image_table(parquet[0]))
 
 
+def _converter_layout(folder: Path) -> list[Path]:
+    """The shards of the hub converter's layout (``<config>/<split>/NNNN.parquet``) at ``folder``, if any."""
+    from netatlas.backend.parquet_images import find_parquet_shards
+
+    if not any(_shards(split, ".parquet") for config in _subfolders(folder) for split in _subfolders(config)):
+        return []                                    # two levels of names only: most folders stop here
+    try:
+        return find_parquet_shards(folder)
+    except NetatlasError:                            # several configs: each is listed on its own
+        return []
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    try:
+        with os.scandir(folder) as it:
+            return [Path(e.path) for e in it if e.is_dir() and not e.name.startswith(".")]
+    except OSError:
+        return []
+
+
 def _in_shard_folder(path: Path, shard_folder: Callable[[Path], bool]) -> bool:
-    """True for a shard, or the ``data/`` folder, of a folder that is listed as one dataset."""
+    """True for a shard, or the ``data/`` folder, of a folder that is listed as one dataset; likewise for the
+    config and split folders, and their shards, of a converter layout (``<config>/<split>/NNNN.parquet``)."""
     parent = path.parent
-    return shard_folder(parent) or (parent.name == "data" and shard_folder(parent.parent))
+    return (shard_folder(parent) or (parent.name == "data" and shard_folder(parent.parent))
+            or any(shard_folder(a) and bool(_converter_layout(a)) for a in list(path.parents)[1:3]))
 
 
 def _image_table(path: Path) -> bool:

@@ -31,6 +31,7 @@ from netatlas.backend.datasets import load_dataset
 from netatlas.backend.demo import assets_dir, demo_checkpoint
 from netatlas.backend.errors import NetatlasError
 from netatlas.backend.facets import FacetSettings
+from netatlas.backend.hf_cache import launch_cache, local_path
 from netatlas.backend.featviz import FeatvizSettings
 from netatlas.backend.preprocessing import Preprocessing
 from netatlas.backend.residual.paths import PathSettings
@@ -85,17 +86,19 @@ def open(checkpoint: str | Path = "demo", data: str | Path = "demo", arch: str |
          arch_kwargs: dict[str, Any] | None = None, *, trust_pickle: bool = False, device: str = "auto",
          cache_dir: str | Path | None = None, preprocessing: Preprocessing | None = None,
          image_column: str | None = None, label_column: str | None = None) -> "Atlas":
-    """One model and one dataset, as the page opens them: a checkpoint file, a Hugging Face folder or
-    "demo"; an image folder, Parquet, tar shards, a .npz or "demo". Pickled modules stay refused
+    """One model and one dataset, as the page opens them: a checkpoint file, a Hugging Face folder, a hub id
+    cached on this machine (``org/name[@revision]``) or "demo"; an image folder, Parquet, tar shards, a .npz,
+    a cached dataset id or "demo". Pickled modules stay refused
     unless ``trust_pickle``; any path is readable (a notebook user owns their files)."""
     path = demo_checkpoint() if str(checkpoint) == "demo" else Path(checkpoint).expanduser()
     loaded = load_checkpoint(path, arch, arch_kwargs, trust_pickle=trust_pickle, preprocessing=preprocessing)
     dataset = load_dataset(data, image_column=image_column, label_column=label_column)
     cache = ResultCache(Path(cache_dir) if cache_dir is not None else None)
     workspace = Workspace(loaded, dataset, cache, device, source=str(data))
-    roots = [assets_dir(), *(Path(p).resolve().parent for p in (checkpoint, data) if str(p) != "demo")]
+    given = ((str(checkpoint), "model"), (str(data), "dataset"))
+    roots = [assets_dir(), *(local_path(p, kind).resolve().parent for p, kind in given if p != "demo")]
     config = AppConfig(checkpoint=str(checkpoint), data=str(data), arch=arch, arch_kwargs=arch_kwargs,
-                       roots=AllowedRoots.of(*roots), cache_dir=cache.root, device=device,
+                       roots=AllowedRoots.of(*roots, hub=launch_cache(*given)), cache_dir=cache.root, device=device,
                        trust_pickle=trust_pickle, image_column=image_column, label_column=label_column)
     return Atlas(workspace, config)
 

@@ -62,3 +62,33 @@ def siglip_folder(root: Path) -> Path:
     SiglipModel(config).save_pretrained(folder)
     SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+def saved_digits(root: Path, n: int = 40, train: int = 30) -> Path:
+    """``n`` real MNIST digits as a ``datasets`` DatasetDict written by ``save_to_disk`` (train and test splits;
+    an Image and a ClassLabel feature), the form ``datasets`` users keep a dataset in."""
+    import datasets as hf
+
+    images, labels = spread_digits(n)
+    features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=[f"digit-{d}" for d in range(10)])})
+    ds = hf.Dataset.from_dict({"image": [Image.fromarray(im) for im in images], "label": labels.tolist()},
+                              features=features)
+    hf.DatasetDict({"train": ds.select(range(train)), "test": ds.select(range(train, n))}).save_to_disk(
+        str(root / "saved-digits"))
+    return root / "saved-digits"
+
+
+def rgb_digit_folder(root: Path, classes: list[str], n: int = 12) -> Path:
+    """``n`` real MNIST digits as RGB PNGs of a few sizes (so resizing is exercised), in one folder per class
+    (``classes``, taken in turn)."""
+    import numpy as np
+
+    from netatlas.backend.demo import demo_digits
+
+    digits, _, _ = demo_digits()
+    for i in range(n):
+        image = Image.fromarray(np.stack([digits[i]] * 3, -1)).resize((40 + i, 34 + (i % 3)), Image.BILINEAR)
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{i:02d}.png")
+    return root

@@ -22,13 +22,13 @@ from netatlas.backend.cache import ResultCache
 from netatlas.backend.checkpoint import load_checkpoint
 from netatlas.backend.circuit.trace import trace_circuit
 from netatlas.backend.datasets import folder_dataset
-from netatlas.backend.demo import demo_digits
 from netatlas.backend.errors import NetatlasError
 from netatlas.backend.featviz import FeatvizSettings
 from netatlas.backend.residual.blocks import find_residual_units
 from netatlas.backend.residual.paths import PathSettings
 from netatlas.backend.workspace import Workspace
 from netatlas.cli import main
+from tests.backbones import rgb_digit_folder
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -36,14 +36,7 @@ CLASSES = ["cat", "dog", "fish"]
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """12 real MNIST digits as RGB PNGs of a few sizes, in class folders (labels 0..2)."""
-    root = tmp_path_factory.mktemp("digits")
-    digits, labels, _ = demo_digits()
-    for i in range(12):
-        image = Image.fromarray(np.stack([digits[i]] * 3, -1)).resize((40 + i, 34 + (i % 3)), Image.BILINEAR)
-        folder = root / CLASSES[i % 3]
-        folder.mkdir(exist_ok=True)
-        image.save(folder / f"{i:02d}.png")
-    return root
+    return rgb_digit_folder(tmp_path_factory.mktemp("digits"), CLASSES)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""A CLIP folder (text and image towers) served on a folder of digits: it opens as its image tower, the Model tab
-says the text tower is left out, and every tab renders on the vision tower with no console error."""
+"""A CLIP folder (text and image towers) served on a ``datasets`` save_to_disk DatasetDict of digits: it opens as
+its image tower, the Model tab says the text tower is left out, and every tab renders on the vision tower, over
+both splits' images, with no console error."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.backbones import clip_folder, digit_folder
+from tests.backbones import clip_folder, saved_digits
 from tests.browser.conftest import open_app, start_server, stop
 
 pytestmark = pytest.mark.browser
@@ -18,7 +19,7 @@ IMAGES = 40
 @pytest.fixture(scope="module")
 def clip_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("clip")
-    server = start_server(root, "--checkpoint", str(clip_folder(root)), "--data", str(digit_folder(root, IMAGES)))
+    server = start_server(root, "--checkpoint", str(clip_folder(root)), "--data", str(saved_digits(root, IMAGES)))
     yield server
     stop(server)
 
