@@ -235,11 +235,13 @@ def workspace_from_args(args: argparse.Namespace, dataset, batch_size: int = 256
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from netatlas.backend.hf_cache import repo_label
     from netatlas.backend.model_info import describe_model
 
     loaded = load_from_args(args)
     table = describe_model(loaded.model, loaded.input_shape)
-    print(f"{loaded.path.name}  format={loaded.format}  arch={loaded.arch or '-'}  "
+    name = repo_label(loaded.path) or loaded.path.name      # a cached hub model by its id, not its revision
+    print(f"{name}  format={loaded.format}  arch={loaded.arch or '-'}  "
           f"input={'x'.join(map(str, loaded.input_shape))}")
     for note in loaded.notes:
         print(f"note: {note}")

@@ -187,7 +187,7 @@ def test_only_owner_slash_name_is_an_id():
 # ----------------------------------------------------------------------------- CLI
 def test_the_cli_takes_ids(cache, tmp_path, capsys):
     assert main(["info", "org/vit"]) == 0
-    assert "format=transformers" in capsys.readouterr().out
+    assert capsys.readouterr().out.startswith("org/vit  format=transformers")
     out = tmp_path / "out.parquet"
     assert main(["extract", "org/vit", "org/digits", "-o", str(out), "--cache-dir", str(tmp_path / "results"),
                  "--device", "cpu"]) == 0, capsys.readouterr().err
