@@ -27,18 +27,15 @@ is 0 unless the benchmark itself fails (a format decodes other pixels than the P
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from formats import (SHARDS, extract_s, _head, digits, link_png_folder, open_s, out, rel_path,  # bench/ on sys.path
-                     write_parquet, write_png_folder)
+from formats import (SHARDS, extract_s, _head, link_png_folder, open_s, out, rel_path, run_benchmark,
+                     write_parquet, write_png_folder)  # bench/ on sys.path
 from machine_load import OtherLoad, report_load
 from netatlas.backend.checkpoint import load_checkpoint
 from netatlas.backend.datasets import ImageDataset, load_dataset
@@ -150,30 +147,7 @@ def run_open(tmp: Path, encoded: list[bytes], labels: np.ndarray, n_open: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="2,000 images, 10,000 to open, 1 repeat: a smoke run")
-    ap.add_argument("--images", type=int, default=None, help="images for the extraction (default 20000)")
-    ap.add_argument("--open-images", type=int, default=None, help="images for the open times (default 100000)")
-    ap.add_argument("--repeats", type=int, default=None, help="extraction repeats per format (default 2)")
-    args = ap.parse_args(argv)
-    n = args.images or (2_000 if args.quick else 20_000)
-    n_open = args.open_images or (10_000 if args.quick else 100_000)
-    repeats = args.repeats or (1 if args.quick else 2)
-    if n < 1 or n_open < n or repeats < 1:
-        ap.error("--images must be >= 1, --open-images >= --images and --repeats >= 1")
-    out("device", "cpu")
-    out("torch_threads", torch.get_num_threads())
-    out("images", n)
-    out("open_images", n_open)
-    out("quick", args.quick, "smoke run: fixed costs weigh more, ratios not meaningful" if args.quick else "")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="netatlas-bench-arrow-") as d:
-        tmp = Path(d)
-        encoded, labels = digits(n)
-        run_extract(tmp, encoded, labels, repeats)
-        run_open(tmp, encoded, labels, n_open)
-    out("total_wall_s", f"{time.perf_counter() - start:.1f}")
-    return 0
+    return run_benchmark(argv, "netatlas-bench-arrow-", run_extract, run_open)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -236,7 +237,13 @@ def run_open(tmp: Path, encoded: list[bytes], labels: np.ndarray, n_open: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    return run_benchmark(argv, "netatlas-bench-formats-", run_extract, run_open)
+
+
+def run_benchmark(argv: list[str] | None, prefix: str, extract: Callable, open_: Callable) -> int:
+    """The command line both format benchmarks share (this one and bench/arrow.py): sizes, a header, then
+    ``extract(tmp, encoded, labels, repeats)`` and ``open_(tmp, encoded, labels, n_open)`` in a temp folder."""
+    ap = argparse.ArgumentParser(description=sys.modules["__main__"].__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2,000 images, 10,000 to open, 1 repeat: a smoke run")
     ap.add_argument("--images", type=int, default=None, help="images for the extraction (default 20000)")
     ap.add_argument("--open-images", type=int, default=None, help="images for the open times (default 100000)")
@@ -253,11 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     out("open_images", n_open)
     out("quick", args.quick, "smoke run: fixed costs weigh more, ratios not meaningful" if args.quick else "")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="netatlas-bench-formats-") as d:
+    with tempfile.TemporaryDirectory(prefix=prefix) as d:
         tmp = Path(d)
         encoded, labels = digits(n)
-        run_extract(tmp, encoded, labels, repeats)
-        run_open(tmp, encoded, labels, n_open)
+        extract(tmp, encoded, labels, repeats)
+        open_(tmp, encoded, labels, n_open)
     out("total_wall_s", f"{time.perf_counter() - start:.1f}")
     return 0
 
