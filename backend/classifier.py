@@ -63,8 +63,11 @@ def _declared(model: nn.Module, arch: str | None) -> Head:
         if "ForImageClassification" in name:
             width = int(getattr(model.config, "num_labels", 0)) or None
             return Head(width, f"{name} has a classification head of {width} labels")
-        return Head(None, f"{name} has no classification head (a backbone): its output is its pooled "
-                          "features, so there are no predictions and no accuracy")
+        # An image tower (image_towers.ImageTower) names the model it came from and what its output is.
+        name = getattr(model, "label", name)
+        output = getattr(model, "output_name", "its pooled features")
+        return Head(None, f"{name} has no classification head (a backbone): its output is {output}, so there "
+                          "are no predictions and no accuracy")
     if arch and arch.startswith("timm:") and hasattr(model, "num_classes"):
         if int(model.num_classes) > 0:
             return Head(int(model.num_classes), f"timm {name} with a head of {model.num_classes} classes")

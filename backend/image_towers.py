@@ -40,6 +40,9 @@ class ImageTower(nn.Module):
         self.visual_projection = getattr(model, "visual_projection", None)
         self.config = model.config
         self.source_class = type(model).__name__
+        self.label = f"{self.source_class}'s image tower"       # how notes name it (classifier.declared_head)
+        self.output_name = ("its image embedding (after the projection)" if self.visual_projection is not None
+                            else "its pooled image features")
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         pooled = self.vision_model(pixel_values=pixel_values).pooler_output
@@ -58,8 +61,6 @@ def image_tower(model: nn.Module, folder_name: str, missing: list[str]) -> tuple
     if untrained:
         raise NetatlasError(f"{folder_name}'s image tower is not in its weights ({len(untrained)} missing, e.g. "
                             f"{untrained[0]}): transformers would fill it with random numbers")
-    embedding = ("its image embedding (after the projection)" if tower.visual_projection is not None
-                 else "its pooled image features")
     note = (f"{type(model).__name__} opened as its image tower: the text tower is left out (not traced, not "
-            f"shown); the model's output is {embedding}")
+            f"shown); the model's output is {tower.output_name}")
     return tower, note, untrained

@@ -78,6 +78,7 @@ def test_the_text_tower_is_left_out_and_said_to_be(saved):
     assert any("the text tower is left out" in note for note in loaded.notes)
     assert loaded.arch == f"transformers:{model_class.__name__}"
     assert loaded.head.width is None and declared_head(loaded.model, loaded.arch).width is None
+    assert loaded.head.why.startswith(f"{model_class.__name__}'s image tower has no classification head")
     units = find_residual_units(loaded.model)           # the vision encoder's residual layers, nothing of text
     assert units and all(unit.module.startswith("vision_model.") for unit in units)
     circuit = trace_circuit(loaded.model, torch.zeros(1, 3, 32, 32))    # the Diagram: the image tower alone
